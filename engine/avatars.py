@@ -1,0 +1,244 @@
+"""The avatar store: templates preprocessed once (face track, normalised video) and reused.
+
+Layout under ``<storage_root>/avatars/<id>/``: ``meta.json``, ``track-<backend>.npz``,
+``poster.jpg`` and either ``photo.png`` or ``forward.mp4`` + ``reverse.mp4``. Every name is
+generated here; an avatar id is checked against a strict pattern before it touches a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import CorruptMedia, UnknownAvatar, UnsupportedMedia
+from .face import FaceTrack, get_backend, track_frames
+from .media import IMAGE_EXTS, validate_template
+from .settings import EngineSettings
+from .template import Template
+from .video import VideoWriter, even_size, read_frames, write_jpeg
+
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+KEYFRAME_INTERVAL = 25  # the forward copy is cut into chunks this long to build the reverse copy
+TEMPLATE_CRF = 14  # near-transparent: the template is re-encoded once more at render time
+
+
+@dataclass
+class Avatar:
+    id: str
+    name: str
+    kind: str  # "video" | "photo"
+    sha256: str
+    fps: float
+    width: int
+    height: int
+    n_frames: int
+    face_backend: str
+    created_at: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / self.fps if self.kind == "video" else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "duration_s": round(self.duration_s, 3)}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_id(avatar_id: str) -> str:
+    if not ID_PATTERN.fullmatch(avatar_id):
+        raise UnknownAvatar(
+            f"{avatar_id!r} is not a valid avatar id: use 1-64 characters a-z, 0-9, '-' or '_'")
+    return avatar_id
+
+
+def slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:40] or "avatar"
+
+
+class AvatarStore:
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.root = settings.avatars_dir
+
+    def _dir(self, avatar_id: str) -> Path:
+        return self.root / check_id(avatar_id)
+
+    def list(self) -> list[Avatar]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for meta in sorted(self.root.glob("*/meta.json")):
+            try:
+                found.append(Avatar(**json.loads(meta.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue
+        return found
+
+    def get(self, avatar_id: str) -> Avatar:
+        meta = self._dir(avatar_id) / "meta.json"
+        if not meta.is_file():
+            known = ", ".join(a.id for a in self.list()) or "none yet"
+            raise UnknownAvatar(f"no avatar {avatar_id!r} (known: {known}); add one with `python -m engine avatars add`")
+        return Avatar(**json.loads(meta.read_text()))
+
+    def find_by_hash(self, sha: str) -> Avatar | None:
+        return next((a for a in self.list() if a.sha256 == sha), None)
+
+    def resolve(self, ref: str | Path, progress: Callable[[str, float], None] | None = None) -> Avatar:
+        """An avatar id, or a template file (preprocessed on first use, cached by content hash)."""
+        path = Path(ref)
+        if isinstance(ref, str) and ID_PATTERN.fullmatch(ref) and (self.root / ref / "meta.json").is_file():
+            return self.get(ref)
+        if path.is_file():
+            return self.add(path, progress=progress)
+        return self.get(str(ref))
+
+    def add(self, path: Path, avatar_id: str | None = None, name: str | None = None,
+            progress: Callable[[str, float], None] | None = None) -> Avatar:
+        """Validate and preprocess a template. The same content under the same id is a no-op."""
+        info = validate_template(path, self.settings.max_template_s, self.settings.max_template_pixels)
+        sha = file_sha256(path)
+        existing = self.find_by_hash(sha)
+        if existing and (avatar_id is None or existing.id == avatar_id):
+            return self._ensure_track(existing)
+        avatar_id = check_id(avatar_id or f"{slug(path.stem)}-{sha[:8]}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{avatar_id}.", dir=self.root))
+        try:
+            kind = "photo" if path.suffix.lower() in IMAGE_EXTS else "video"
+            if kind == "photo":
+                avatar = self._add_photo(path, work, avatar_id, name, sha)
+            else:
+                avatar = self._add_video(path, info.fps, info.width, info.height, work, avatar_id, name, sha,
+                                         progress)
+            (work / "meta.json").write_text(json.dumps(asdict(avatar), indent=2))
+            target = self._dir(avatar_id)
+            if target.exists():
+                shutil.rmtree(target)
+            work.replace(target)
+            return avatar
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def delete(self, avatar_id: str) -> None:
+        self.get(avatar_id)
+        shutil.rmtree(self._dir(avatar_id))
+
+    def _backend(self):
+        return get_backend(self.settings)
+
+    def _track_path(self, avatar_id: str) -> Path:
+        return self._dir(avatar_id) / f"track-{self.settings.face_backend}.npz"
+
+    def _ensure_track(self, avatar: Avatar) -> Avatar:
+        """An avatar tracked with another landmark backend gets a track for the current one."""
+        if self._track_path(avatar.id).is_file():
+            return avatar
+        template = self._frames_source(avatar)
+        track = track_frames(template, self._backend(), fps=avatar.fps, min_face_px=self.settings.min_face_px)
+        track.save(self._track_path(avatar.id))
+        return avatar
+
+    def _frames_source(self, avatar: Avatar) -> Iterator[np.ndarray]:
+        d = self._dir(avatar.id)
+        if avatar.kind == "photo":
+            return iter([_read_image(d / "photo.png")])
+        return read_frames(d / "forward.mp4", avatar.width, avatar.height)
+
+    def _add_photo(self, path: Path, work: Path, avatar_id: str, name: str | None, sha: str) -> Avatar:
+        image = _read_image(path)
+        h, w = image.shape[:2]
+        image = image[: h - h % 2, : w - w % 2]
+        track = track_frames([image], self._backend(), fps=self.settings.default_fps,
+                             min_face_px=self.settings.min_face_px)
+        cv2.imwrite(str(work / "photo.png"), image)
+        track.save(work / f"track-{self.settings.face_backend}.npz")
+        write_jpeg(image, work / "poster.jpg")
+        return Avatar(avatar_id, name or path.stem, "photo", sha, self.settings.default_fps, image.shape[1],
+                      image.shape[0], 1, self.settings.face_backend, time.time(), list(track.notes))
+
+    def _add_video(self, path: Path, fps: float, width: int, height: int, work: Path, avatar_id: str,
+                   name: str | None, sha: str, progress: Callable[[str, float], None] | None) -> Avatar:
+        if not 1 <= fps <= 60:
+            fps = self.settings.default_fps
+        w, h = even_size(width, height, None)
+        forward = work / "forward.mp4"
+        writer = VideoWriter(forward, width=w, height=h, fps=fps, audio=None, crf=TEMPLATE_CRF,
+                             keyframe_interval=KEYFRAME_INTERVAL)
+        poster: list[np.ndarray] = []
+
+        def tee() -> Iterator[np.ndarray]:
+            for i, frame in enumerate(read_frames(path, w, h, fps=fps)):
+                if not poster:
+                    poster.append(frame.copy())
+                writer.write(frame)
+                if progress and i % 25 == 0:
+                    progress("avatar", 0.0)
+                yield frame
+
+        try:
+            track = track_frames(tee(), self._backend(), fps=fps, min_face_px=self.settings.min_face_px)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        if len(track) == 0 or not poster:
+            raise CorruptMedia(f"{path.name} has no readable video frames", field="avatar")
+        _write_reverse(forward, work / "reverse.mp4", w, h, fps, len(track))
+        track.save(work / f"track-{self.settings.face_backend}.npz")
+        write_jpeg(poster[0], work / "poster.jpg")
+        return Avatar(avatar_id, name or path.stem, "video", sha, fps, w, h, len(track),
+                      self.settings.face_backend, time.time(), list(track.notes))
+
+    def template(self, avatar: Avatar) -> Template:
+        d = self._dir(avatar.id)
+        track = FaceTrack.load(self._track_path(avatar.id))
+        if avatar.kind == "photo":
+            return Template("photo", avatar.fps, avatar.width, avatar.height, track, image=_read_image(d / "photo.png"))
+        return Template("video", avatar.fps, avatar.width, avatar.height, track,
+                        video_path=d / "forward.mp4", reverse_path=d / "reverse.mp4")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise CorruptMedia(f"{path.name} is not a readable image", field="avatar")
+    if image.shape[0] < 16 or image.shape[1] < 16:
+        raise UnsupportedMedia(f"{path.name} is only {image.shape[1]}x{image.shape[0]} pixels", field="avatar")
+    return image
+
+
+def _write_reverse(forward: Path, out: Path, width: int, height: int, fps: float, n_frames: int) -> None:
+    """The forward copy played backwards, built chunk by chunk so memory stays bounded."""
+    chunk = KEYFRAME_INTERVAL
+    with VideoWriter(out, width=width, height=height, fps=fps, audio=None, crf=TEMPLATE_CRF) as writer:
+        for start in range((n_frames - 1) // chunk * chunk, -1, -chunk):
+            seek = max(start - 0.5, 0) / fps
+            frames = list(itertools.islice(read_frames(forward, width, height, start_s=seek,
+                                                       max_frames=min(chunk, n_frames - start)), chunk))
+            for frame in reversed(frames):
+                writer.write(frame)
+        if writer.frames_written != n_frames:
+            raise CorruptMedia(f"the template decoded to {writer.frames_written} frames backwards, {n_frames} forwards")
+        writer.close()

@@ -1,0 +1,20 @@
+"""Face tracking for templates: pick a landmark backend, track the face, cache the result."""
+
+from __future__ import annotations
+
+from engine.face.base import Box, FaceTrack, LandmarkBackend
+from engine.face.tracker import track_frames
+from engine.settings import EngineSettings
+
+__all__ = ["Box", "FaceTrack", "LandmarkBackend", "get_backend", "track_frames"]
+
+
+def get_backend(settings: EngineSettings) -> LandmarkBackend:
+    """The backend named by ``settings.face_backend``; imported lazily (torch only when asked for)."""
+    if settings.face_backend == "face_alignment":
+        from engine.face.fa_backend import FaceAlignmentBackend
+
+        return FaceAlignmentBackend(settings)
+    from engine.face.dlib_backend import DlibBackend
+
+    return DlibBackend(min_face_px=settings.min_face_px)

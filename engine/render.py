@@ -1,0 +1,230 @@
+"""The render pipeline: text or audio + an avatar → a lip-synced, browser-playable MP4.
+
+``Engine`` keeps models resident (TTS voices, landmark models, Wav2Lip weights), so a worker
+creates one and reuses it for every job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from . import subtitles
+from .audio import decode_audio, pad, write_wav
+from .avatars import AvatarStore
+from .errors import EngineError, InvalidText, MediaTooLong, UnsupportedMedia
+from .lipsync.base import RenderContext, Renderer
+from .media import probe, validate_audio
+from .settings import EngineSettings, get_settings
+from .text import clean_text, detect_lang
+from .tts import get_backend as get_tts
+from .tts.base import Speech, SynthesisRequest
+from .video import VideoWriter, even_size, write_jpeg
+
+Resolution = Literal["source", "720p", "1080p"]
+_HEIGHTS = {"source": None, "720p": 720, "1080p": 1080}
+UPLOAD_SAMPLE_RATE = 48000
+
+
+@dataclass
+class RenderRequest:
+    """Exactly one of ``text`` and ``audio``. ``avatar`` is an avatar id or a template file path."""
+
+    avatar: str
+    out: Path
+    text: str | None = None
+    audio: Path | None = None
+    lang: str = "auto"
+    voice: str | None = None
+    speed: float = 1.0
+    resolution: Resolution = "source"
+    subtitles: bool = False
+    renderer: str | None = None
+    tts: str | None = None
+
+
+@dataclass
+class RenderResult:
+    video: Path
+    poster: Path
+    duration_s: float
+    speech_s: float
+    fps: float
+    width: int
+    height: int
+    n_frames: int
+    size_bytes: int
+    avatar_id: str
+    renderer: str
+    lang: str | None
+    tts: str | None
+    subtitles_vtt: Path | None = None
+    subtitles_srt: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value)
+        data["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        data["realtime_factor"] = round(self.timings.get("total", 0.0) / max(self.duration_s, 1e-9), 3)
+        return data
+
+
+ProgressFn = Callable[[str, float], None]
+
+
+def _quiet(stage: str, fraction: float) -> None:
+    return None
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.avatars = AvatarStore(self.settings)
+        self._renderers: dict[str, Renderer] = {}
+
+    def renderer(self, name: str | None = None) -> Renderer:
+        name = name or self.settings.renderer
+        if name not in self._renderers:
+            if name == "procedural":
+                from .lipsync.procedural import ProceduralRenderer
+                self._renderers[name] = ProceduralRenderer()
+            elif name == "wav2lip":
+                from .lipsync.wav2lip import Wav2LipRenderer
+                self._renderers[name] = Wav2LipRenderer(self.settings)
+            elif name == "heygem":
+                from .lipsync.heygem import HeyGemRenderer
+                self._renderers[name] = HeyGemRenderer()
+            else:
+                raise UnsupportedMedia(f"unknown renderer {name!r}; choose procedural, wav2lip or heygem",
+                                       field="renderer")
+        return self._renderers[name]
+
+    def _speech(self, req: RenderRequest) -> tuple[Speech, str | None, str | None]:
+        if (req.text is None) == (req.audio is None):
+            raise InvalidText("give either text to speak or an audio file, not both and not neither")
+        if req.audio is not None:
+            validate_audio(Path(req.audio), self.settings.max_audio_s)
+            samples = decode_audio(Path(req.audio), UPLOAD_SAMPLE_RATE)
+            return Speech(samples, UPLOAD_SAMPLE_RATE), None, None
+        text = clean_text(req.text or "", self.settings.max_text_chars)
+        lang = detect_lang(text, req.lang)
+        if not 0.5 <= req.speed <= 2.0:
+            raise InvalidText("speed must be between 0.5 and 2.0", field="speed")
+        backend = get_tts(self.settings, req.tts)
+        speech = backend.synthesize(SynthesisRequest(text=text, lang=lang, voice=req.voice, speed=req.speed))
+        if speech.duration <= 0.05:
+            raise InvalidText("the text produced no speech; check the language and voice", field="text")
+        return speech, lang, backend.name
+
+    def render(self, req: RenderRequest, progress: ProgressFn | None = None) -> RenderResult:
+        progress = progress or _quiet
+        s = self.settings
+        timings: dict[str, float] = {}
+        started = clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = timings.get(stage, 0.0) + now - clock
+            clock = now
+
+        if req.resolution not in _HEIGHTS:
+            raise UnsupportedMedia(f"resolution must be one of {', '.join(_HEIGHTS)}", field="resolution")
+        renderer = self.renderer(req.renderer)
+        progress("tts", 0.0)
+        speech, lang, tts_name = self._speech(req)
+        if speech.duration > s.max_audio_s:
+            raise MediaTooLong(f"the speech lasts {speech.duration:.1f} s; the limit is {s.max_audio_s:.0f} s",
+                               field="text" if req.text is not None else "audio")
+        lap("tts" if req.text is not None else "audio")
+
+        progress("avatar", 0.0)
+        avatar = self.avatars.resolve(req.avatar, progress=progress)
+        template = self.avatars.template(avatar)
+        lap("avatar")
+
+        fps = template.fps
+        n_frames = max(1, math.ceil((s.lead_in_s + speech.duration + s.lead_out_s) * fps - 1e-6))
+        total_s = n_frames / fps
+        padded = Speech(pad(speech.samples, speech.sample_rate, s.lead_in_s, total_s), speech.sample_rate,
+                        speech.phonemes, speech.words).shifted(s.lead_in_s)
+        out = Path(req.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out_size = even_size(template.width, template.height, _HEIGHTS[req.resolution])
+        with tempfile.TemporaryDirectory(prefix="render-", dir=out.parent) as tmp:
+            workdir = Path(tmp)
+            wav = write_wav(workdir / "speech.wav", padded.samples, padded.sample_rate)
+            ctx = RenderContext(template, padded, wav, fps, n_frames, s, workdir, progress)
+            meta = {"avatar_id": avatar.id, "template_sha256": avatar.sha256, "renderer": renderer.name,
+                    "lead_in_s": s.lead_in_s}
+            poster_frame: np.ndarray | None = None
+            lap("prepare")
+            with VideoWriter(out, width=template.width, height=template.height, fps=fps, audio=wav,
+                             out_size=out_size, crf=s.video_crf, preset=s.video_preset,
+                             audio_bitrate=s.audio_bitrate, metadata={"comment": json.dumps(meta)}) as writer:
+                frames = renderer.frames(ctx)
+                for i in range(n_frames):
+                    frame = next(frames, None)
+                    if frame is None:
+                        raise EngineError(f"renderer {renderer.name} stopped after {i} of {n_frames} frames")
+                    lap("lipsync")
+                    writer.write(frame)
+                    if i == n_frames // 3:
+                        poster_frame = frame.copy()
+                    lap("encode")
+                progress("encode", 0.99)
+                writer.close()
+            lap("encode")
+        poster = write_jpeg(_resize(poster_frame, out_size), out.with_suffix(".jpg"))
+        vtt = srt = None
+        notes = list(avatar.notes)
+        if req.subtitles:
+            if padded.words:
+                vtt, srt = subtitles.write(padded.words, out)
+            else:
+                notes.append("subtitles need word timings; uploaded audio has none, so none were written")
+        info = probe(out)
+        lap("finalize")
+        timings["total"] = time.perf_counter() - started
+        progress("done", 1.0)
+        return RenderResult(
+            video=out, poster=poster, duration_s=info.duration, speech_s=speech.duration, fps=fps,
+            width=out_size[0], height=out_size[1], n_frames=n_frames, size_bytes=out.stat().st_size,
+            avatar_id=avatar.id, renderer=renderer.name, lang=lang, tts=tts_name, subtitles_vtt=vtt,
+            subtitles_srt=srt, timings=timings, notes=notes,
+        )
+
+
+def _resize(frame: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    assert frame is not None
+    if (frame.shape[1], frame.shape[0]) == size:
+        return frame
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+_default: Engine | None = None
+
+
+def render(request: RenderRequest, progress: ProgressFn | None = None,
+           settings: EngineSettings | None = None) -> RenderResult:
+    """Module-level entry point; keeps one resident ``Engine`` per process."""
+    global _default
+    if settings is not None:
+        return Engine(settings).render(request, progress)
+    if _default is None:
+        _default = Engine()
+    return _default.render(request, progress)

@@ -1,0 +1,67 @@
+"""Engine configuration: one settings object, read from the environment (prefix ``ENGINE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettings(BaseSettings):
+    """Every knob the engine reads. Documented in README.md and .env.example."""
+
+    model_config = SettingsConfigDict(env_prefix="ENGINE_", env_file=".env", extra="ignore")
+
+    storage_root: Path = Field(Path("var"), description="Avatar cache and sample avatars live here.")
+    tts_backend: Literal["espeak", "piper", "openai", "heygem"] = "espeak"
+    renderer: Literal["procedural", "wav2lip", "heygem"] = "procedural"
+    face_backend: Literal["dlib", "face_alignment"] = "dlib"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    max_text_chars: int = Field(2000, ge=1)
+    max_audio_s: float = Field(300.0, gt=0)
+    max_template_s: float = Field(300.0, gt=0)
+    max_template_pixels: int = Field(3840 * 2160, gt=0)
+    min_face_px: int = Field(80, ge=16, description="Smallest face height (pixels) the engine accepts.")
+
+    lead_in_s: float = Field(0.2, ge=0, le=2)
+    lead_out_s: float = Field(0.3, ge=0, le=2)
+    default_fps: float = Field(25.0, gt=0, le=60)
+    video_crf: int = Field(20, ge=0, le=51)
+    video_preset: str = "veryfast"
+    audio_bitrate: str = "128k"
+
+    piper_voice: str | None = Field(None, description="Path to a Piper .onnx voice, or an installed voice package.")
+
+    openai_tts_url: str | None = Field(None, description="Base URL of an OpenAI-compatible TTS server.")
+    openai_tts_key: SecretStr | None = None
+    openai_tts_model: str = "tts-1"
+    openai_tts_voice: str = "alloy"
+
+    heygem_tts_url: str | None = Field(None, description="HeyGem fish-speech service, e.g. http://host:18180")
+    heygem_tts_speaker: str | None = None
+    heygem_tts_reference_audio: str | None = None
+    heygem_tts_reference_text: str | None = None
+
+    heygem_url: str | None = Field(None, description="HeyGem video service, e.g. http://host:8383")
+    heygem_data_dir: Path | None = Field(None, description="Host path of HeyGem's shared face2face/temp dir.")
+    heygem_poll_s: float = Field(2.0, gt=0)
+    heygem_timeout_s: float = Field(1800.0, gt=0)
+
+    wav2lip_checkpoint: Path | None = Field(None, description="Path to wav2lip.pth or wav2lip_gan.pth.")
+    wav2lip_batch_size: int = Field(32, ge=1)
+    face_alignment_dir: Path | None = Field(None, description="Directory holding face-alignment weights.")
+
+    http_timeout_s: float = Field(60.0, gt=0)
+
+    @property
+    def avatars_dir(self) -> Path:
+        return self.storage_root / "avatars"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> EngineSettings:
+    return EngineSettings()

@@ -1,0 +1,151 @@
+"""Video in and out through the ffmpeg binary that imageio-ffmpeg ships: raw frames over pipes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+
+from .errors import CorruptMedia
+
+
+def ffmpeg_exe() -> str:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
+                max_frames: int | None = None, fps: float | None = None) -> Iterator[np.ndarray]:
+    """Decode ``path`` to BGR frames of ``width``x``height`` (scaled if the stream differs)."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error"]
+    if start_s > 0:
+        cmd += ["-ss", f"{start_s:.6f}"]
+    cmd += ["-i", str(path), "-map", "0:v:0", "-an", "-sn"]
+    if fps:
+        cmd += ["-vf", f"fps={fps},scale={width}:{height}:flags=bicubic"]
+    else:
+        cmd += ["-vf", f"scale={width}:{height}:flags=bicubic", "-fps_mode", "passthrough"]
+    if max_frames is not None:
+        cmd += ["-frames:v", str(max_frames)]
+    cmd += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
+    size = width * height * 3
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, bufsize=size)
+        assert proc.stdout is not None
+        try:
+            while True:
+                buf = proc.stdout.read(size)
+                if len(buf) < size:
+                    break
+                yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+        finally:
+            proc.stdout.close()
+            proc.kill() if proc.poll() is None else None
+            code = proc.wait()
+        if code not in (0, -9):
+            err.seek(0)
+            message = err.read().decode(errors="replace").strip().splitlines()
+            raise CorruptMedia(f"{path.name} could not be decoded ({message[-1] if message else code})")
+
+
+class VideoWriter:
+    """Encode BGR frames (+ an audio file) to H.264 High / yuv420p / AAC 48 kHz MP4 with +faststart.
+
+    Writes to a temporary name beside ``out`` and renames on success, so a failed render never
+    leaves a half-written file under the final name.
+    """
+
+    def __init__(self, out: Path, *, width: int, height: int, fps: float, audio: Path | None,
+                 out_size: tuple[int, int] | None = None, crf: int = 20, preset: str = "veryfast",
+                 audio_bitrate: str = "128k", metadata: dict[str, str] | None = None,
+                 keyframe_interval: int | None = None) -> None:
+        self.out = out
+        self.tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
+        self.frame_bytes = width * height * 3
+        self.frames_written = 0
+        cmd = [
+            ffmpeg_exe(), "-nostdin", "-y", "-v", "error",
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
+        ]
+        if audio is not None:
+            cmd += ["-i", str(audio)]
+        cmd += ["-map", "0:v:0"]
+        if audio is not None:
+            cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", audio_bitrate, "-ar", "48000"]
+        if out_size and out_size != (width, height):
+            cmd += ["-vf", f"scale={out_size[0]}:{out_size[1]}:flags=lanczos"]
+        cmd += ["-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p", "-preset", preset,
+                "-crf", str(crf), "-movflags", "+faststart"]
+        if keyframe_interval:
+            cmd += ["-g", str(keyframe_interval), "-keyint_min", str(keyframe_interval), "-sc_threshold", "0"]
+        for key, value in (metadata or {}).items():
+            cmd += ["-metadata", f"{key}={value}"]
+        cmd += ["-f", "mp4", str(self.tmp)]
+        self._err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._err, bufsize=self.frame_bytes)
+
+    def write(self, frame: np.ndarray) -> None:
+        assert self.proc.stdin is not None
+        data = np.ascontiguousarray(frame, dtype=np.uint8)
+        if data.nbytes != self.frame_bytes:
+            raise ValueError(f"frame has {data.nbytes} bytes, expected {self.frame_bytes}")
+        try:
+            self.proc.stdin.write(memoryview(data).cast("B"))
+        except BrokenPipeError as exc:
+            raise RuntimeError(f"the encoder stopped: {self._stderr()}") from exc
+        self.frames_written += 1
+
+    def _stderr(self) -> str:
+        self._err.seek(0)
+        return self._err.read().decode(errors="replace").strip()[-2000:]
+
+    def close(self) -> Path:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        code = self.proc.wait()
+        if code != 0:
+            message = self._stderr()
+            self.abort()
+            raise RuntimeError(f"ffmpeg failed to encode {self.out.name}: {message}")
+        self._err.close()
+        os.replace(self.tmp, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def write_jpeg(frame: np.ndarray, path: Path, quality: int = 90) -> Path:
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("could not encode JPEG")
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+def even_size(width: int, height: int, target_height: int | None) -> tuple[int, int]:
+    """Output size for ``source|720p|1080p``: H.264 in yuv420p needs even dimensions."""
+    if target_height is None:
+        return width - width % 2, height - height % 2
+    scaled_w = round(width * target_height / height)
+    return scaled_w - scaled_w % 2, target_height - target_height % 2
