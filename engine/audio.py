@@ -44,9 +44,9 @@ def resample(samples: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
 
 def pad(samples: np.ndarray, sample_rate: int, lead_in_s: float, total_s: float) -> np.ndarray:
     """Silence in front, then silence (or a cut) so the clip lasts exactly ``total_s``."""
-    head = np.zeros(int(round(lead_in_s * sample_rate)), np.float32)
+    head = np.zeros(round(lead_in_s * sample_rate), np.float32)
     body = np.concatenate([head, samples.astype(np.float32)])
-    total = int(round(total_s * sample_rate))
+    total = round(total_s * sample_rate)
     if len(body) >= total:
         return body[:total]
     return np.concatenate([body, np.zeros(total - len(body), np.float32)])

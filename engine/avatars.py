@@ -98,7 +98,8 @@ class AvatarStore:
         meta = self._dir(avatar_id) / "meta.json"
         if not meta.is_file():
             known = ", ".join(a.id for a in self.list()) or "none yet"
-            raise UnknownAvatar(f"no avatar {avatar_id!r} (known: {known}); add one with `python -m engine avatars add`")
+            raise UnknownAvatar(
+                f"no avatar {avatar_id!r} (known: {known}); add one with `python -m engine avatars add`")
         return Avatar(**json.loads(meta.read_text()))
 
     def find_by_hash(self, sha: str) -> Avatar | None:
@@ -131,6 +132,11 @@ class AvatarStore:
             else:
                 avatar = self._add_video(path, info.fps, info.width, info.height, work, avatar_id, name, sha,
                                          progress)
+                expected = info.duration * avatar.fps
+                if avatar.n_frames < 0.9 * expected - 2:
+                    raise CorruptMedia(
+                        f"{path.name} is truncated or damaged: only {avatar.n_frames} of about {expected:.0f} "
+                        "frames could be decoded", field="avatar")
             (work / "meta.json").write_text(json.dumps(asdict(avatar), indent=2))
             target = self._dir(avatar_id)
             if target.exists():
@@ -184,7 +190,7 @@ class AvatarStore:
         w, h = even_size(width, height, None)
         forward = work / "forward.mp4"
         writer = VideoWriter(forward, width=w, height=h, fps=fps, audio=None, crf=TEMPLATE_CRF,
-                             keyframe_interval=KEYFRAME_INTERVAL)
+                             keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True)
         poster: list[np.ndarray] = []
 
         def tee() -> Iterator[np.ndarray]:
@@ -232,7 +238,8 @@ def _read_image(path: Path) -> np.ndarray:
 def _write_reverse(forward: Path, out: Path, width: int, height: int, fps: float, n_frames: int) -> None:
     """The forward copy played backwards, built chunk by chunk so memory stays bounded."""
     chunk = KEYFRAME_INTERVAL
-    with VideoWriter(out, width=width, height=height, fps=fps, audio=None, crf=TEMPLATE_CRF) as writer:
+    with VideoWriter(out, width=width, height=height, fps=fps, audio=None, crf=TEMPLATE_CRF,
+                     keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True) as writer:
         for start in range((n_frames - 1) // chunk * chunk, -1, -chunk):
             seek = max(start - 0.5, 0) / fps
             frames = list(itertools.islice(read_frames(forward, width, height, start_s=seek,

@@ -37,13 +37,15 @@ def place(image: np.ndarray, x: int, y: int, width: int, height: int) -> np.ndar
     frame = np.zeros((height, width, 3), np.uint8)
     h, w = image.shape[:2]
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
-    frame[y0:y1, x0:x1] = image[y0 - y:y1 - y, x0 - x:x1 - x]
+    frame[y0:y1, x0:x1] = image[y0 - y : y1 - y, x0 - x : x1 - x]
     return frame
 
 
 def face_at(photo: np.ndarray, scale: float, cx: float, cy: float, width: int, height: int) -> np.ndarray:
     """A frame with the photo scaled by ``scale`` and its face centred at (cx, cy)."""
-    big = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    big = cv2.resize(
+        photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
+    )
     return place(big, round(cx - FACE_CENTRE[0] * scale), round(cy - FACE_CENTRE[1] * scale), width, height)
 
 
@@ -134,7 +136,8 @@ def test_face_missing_in_too_many_frames(photo: np.ndarray, backend: DlibBackend
 
 
 def test_tiny_face_is_too_small(photo: np.ndarray, backend: DlibBackend) -> None:
-    frames = [face_at(photo, 0.66, 320, 180, 640, 360)] * 3
+    # About 30 px at the coarse detection scale of a 720p frame: only the finer pass can find it.
+    frames = [face_at(photo, 0.66, 640, 360, 1280, 720)] * 3
     with pytest.raises(FaceTooSmall, match=r"at least 80 px is needed") as err:
         track_frames(frames, backend, fps=25, min_face_px=80)
     measured = int(re.search(r"the face is (\d+) px tall", str(err.value)).group(1))
@@ -239,7 +242,9 @@ def test_face_alignment_uses_local_weights_offline(
     for net, name in ((FAN(4), "2DFAN4-11f355bf06.pth.tar"), (s3fd(), "s3fd-619a316812.pth")):
         half = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
         torch.save(half, tmp_path / name)
-    settings = EngineSettings(_env_file=None, face_backend="face_alignment", device="cpu", face_alignment_dir=tmp_path)
+    settings = EngineSettings(
+        _env_file=None, face_backend="face_alignment", device="cpu", face_alignment_dir=tmp_path
+    )
     backend = get_backend(settings)
     assert backend.name == "face_alignment"
 
@@ -266,6 +271,9 @@ def test_face_alignment_uses_local_weights_offline(
         return [np.array([100.0, 50.0, 200.0, 150.0, 0.99]), np.array([10.0, 10.0, 30.0, 30.0, 0.9])]
 
     monkeypatch.setattr(fa.face_detector, "detect_from_image", detector)
-    assert backend.detect(np.zeros((720, 1280, 3), np.uint8)) == [Box(200, 100, 400, 300), Box(20, 20, 60, 60)]
+    assert backend.detect(np.zeros((720, 1280, 3), np.uint8)) == [
+        Box(200, 100, 400, 300),
+        Box(20, 20, 60, 60),
+    ]
     assert seen == [(360, 640, 3)]
     assert no_network == []

@@ -61,9 +61,9 @@ def locate_weights(settings: EngineSettings) -> dict[str, Path]:
         where = " or ".join(str(d) for d in dirs)
         files = ", ".join(f"{names[key]} ({urls[key]})" for key in missing)
         raise MissingWeights(
-            f"the face_alignment face backend needs {files}; not found in {where}. "
-            "The engine never downloads weights: fetch the files yourself and put them in one of those "
-            "folders, or in the folder named by ENGINE_FACE_ALIGNMENT_DIR; or set ENGINE_FACE_BACKEND=dlib",
+            f"the face_alignment face backend needs {files}, which are not in {where}. The engine never "
+            f"downloads weights: fetch them yourself and put them in {dirs[0]} (or point "
+            "ENGINE_FACE_ALIGNMENT_DIR at the folder holding them), or set ENGINE_FACE_BACKEND=dlib",
             field="face_backend",
         )
     return found
@@ -131,7 +131,7 @@ class FaceAlignmentBackend(LandmarkBackend):
 
     def landmarks(self, frame_bgr: np.ndarray, box: Box) -> np.ndarray:
         # float64: face_alignment assigns these into torch tensors, which rejects numpy.float32 scalars.
-        face = np.array([box.left, box.top, box.right, box.bottom, 1.0], dtype=np.float32)
+        face = np.array([box.left, box.top, box.right, box.bottom, 1.0], dtype=np.float64)
         result = self._fa.get_landmarks_from_image(_to_rgb(frame_bgr), detected_faces=[face])
         return np.asarray(result[0], dtype=np.float32)[:, :2]
 

@@ -81,7 +81,7 @@ def _patch(frame: np.ndarray, lm: np.ndarray) -> np.ndarray:
     half = max(2, round(1.2 * s))
     x0, y0, x1, y1 = round(cx) - half, round(cy) - half, round(cx) + half, round(cy) + half
     h, w = frame.shape[:2]
-    crop = frame[max(y0, 0):max(min(y1, h), 0), max(x0, 0):max(min(x1, w), 0)]
+    crop = frame[max(y0, 0) : max(min(y1, h), 0), max(x0, 0) : max(min(x1, w), 0)]
     if crop.size == 0:
         return np.zeros((_PATCH_PX, _PATCH_PX), np.float32)
     pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
@@ -129,7 +129,10 @@ class _Tracker:
         if np.linalg.norm(c1 - c0) > _REFIT_SHIFT * s0:
             lm = self.backend.landmarks(frame, calib.box_for(lm))
             c1, s1 = _frame_of(lm)
-        if not 1 / _MAX_SCALE_CHANGE <= s1 / s0 <= _MAX_SCALE_CHANGE or np.linalg.norm(c1 - c0) > _MAX_JUMP * s0:
+        if (
+            not 1 / _MAX_SCALE_CHANGE <= s1 / s0 <= _MAX_SCALE_CHANGE
+            or np.linalg.norm(c1 - c0) > _MAX_JUMP * s0
+        ):
             return None
         if float((_patch(frame, lm) * previous.reference).sum()) < _MIN_SIMILARITY:
             return None
@@ -149,6 +152,9 @@ def track_frames(
     Raises ``NoFace`` when no frame, or too many frames, show a face and ``FaceTooSmall`` when the
     face (brows to chin) is shorter than ``min_face_px``. Returned boxes are the landmarks' bounds.
     """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, not {fps}")
+    detect_every = max(1, detect_every)
     tracker = _Tracker(backend)
     state: _State | None = None
     since_detect = 0
@@ -159,14 +165,18 @@ def track_frames(
         if size is None:
             size = shape
         elif shape != size:
-            raise CorruptMedia(f"frame {index} of the template is {shape[0]}x{shape[1]}, not {size[0]}x{size[1]}")
-        tracked = None
-        if state is not None and since_detect < detect_every:
-            tracked = tracker.follow(frame, state)
-            since_detect += 1
-        if tracked is None:
-            tracked = tracker.detect(frame, state)
-            since_detect = 1
+            raise CorruptMedia(
+                f"frame {index} of the template is {shape[0]}x{shape[1]}, not {size[0]}x{size[1]}"
+            )
+        if state is None:
+            tracked, since_detect = tracker.detect(frame, None), 0
+        elif since_detect + 1 >= detect_every:
+            # A scheduled re-detection that misses (a turned head, say) falls back on tracking.
+            tracked, since_detect = tracker.detect(frame, state) or tracker.follow(frame, state), 0
+        else:
+            tracked, since_detect = tracker.follow(frame, state), since_detect + 1
+            if tracked is None:
+                tracked, since_detect = tracker.detect(frame, state), 0
         state = tracked
         found.append(None if tracked is None else tracked.landmarks)
     if size is None:

@@ -17,7 +17,7 @@ from .base import RenderContext, Renderer
 from .visemes import trajectory
 
 GRID_STEP = 4
-MAX_GAP = 0.36  # inner-lip gap at full opening, as a fraction of mouth width
+MAX_GAP = 0.46  # inner-lip gap at full opening, as a fraction of mouth width
 RIDGE = 0.05  # smoothing: close control points with opposite moves must not make the field ring
 # How far each jaw-contour point follows the chin (index into the 68-point layout → weight).
 _JAW_FOLLOW = {3: 0.05, 4: 0.2, 5: 0.45, 6: 0.7, 7: 0.9, 8: 1.0, 9: 0.9, 10: 0.7, 11: 0.45, 12: 0.2, 13: 0.05}
@@ -145,12 +145,15 @@ def _rbf(ctrl: np.ndarray, values: np.ndarray, sigma: float):
     """Gaussian RBF interpolant of 2-D ``values`` given at ``ctrl``; returns f(xs, ys) → (..., 2)."""
     d2 = ((ctrl[:, None, :] - ctrl[None, :, :]) ** 2).sum(-1)
     kernel = np.exp(-d2 / (2 * sigma**2)) + RIDGE * np.eye(len(ctrl))
-    weights = np.linalg.solve(kernel, values)
+    weights = np.linalg.solve(kernel, values).astype(np.float32)
+    c = ctrl.astype(np.float32)
+    c2 = (c**2).sum(1)
+    scale = np.float32(-0.5 / sigma**2)
 
     def evaluate(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        pts = np.stack([xs.ravel(), ys.ravel()], 1)
-        g = np.exp(-((pts[:, None, :] - ctrl[None, :, :]) ** 2).sum(-1) / (2 * sigma**2))
-        return (g @ weights).reshape(*xs.shape, 2)
+        pts = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32)
+        d2 = (pts**2).sum(1)[:, None] + c2[None, :] - 2 * (pts @ c.T)
+        return (np.exp(d2 * scale) @ weights).reshape(*xs.shape, 2)
 
     return evaluate
 

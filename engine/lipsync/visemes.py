@@ -100,7 +100,7 @@ def from_phonemes(speech: Speech, fps: float, n_frames: int) -> Trajectory:
     openness = gaussian_filter1d(np.interp(t, kt, kopen, left=0.0, right=0.0), sigma, mode="nearest")
     spread = gaussian_filter1d(np.interp(t, kt, kspread, left=0.0, right=0.0), sigma, mode="nearest")
     env = gaussian_filter1d(speech_envelope(speech.samples, speech.sample_rate, fps, n_frames), 0.5)
-    openness = openness * (0.3 + 0.7 * env)
+    openness = openness * (0.45 + 0.55 * env)
     for start, end in closures:
         i0, i1 = int(np.floor(start * fps)), int(np.ceil(end * fps))
         openness[max(i0, 0): max(i1, i0 + 1)] = np.minimum(openness[max(i0, 0): max(i1, i0 + 1)], 0.02)

@@ -1,0 +1,55 @@
+# Talking Head for Dify: one entry point for setting up, demoing, testing and benchmarking.
+# Two environments, as in production: .venv (server: bridge + engine, Python 3.11) and
+# .venv-plugin (the Dify plugin, Python 3.12).
+
+SHELL := /bin/bash
+VENV := .venv
+PLUGIN_VENV := .venv-plugin
+PY := $(VENV)/bin/python
+export ENGINE_STORAGE_ROOT ?= $(CURDIR)/var
+DEMO_TEXT ?= Hello! I am a talking head, made from one line of text on a plain CPU. Nice to meet you.
+DEMO_OUT ?= out/demo.mp4
+
+.PHONY: setup system-deps samples demo test bench lint package clean
+
+setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
+
+system-deps:
+	@command -v ffprobe >/dev/null 2>&1 || { \
+	  echo "installing ffmpeg/ffprobe (Debian package)"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "ffprobe is missing: run 'sudo apt-get install ffmpeg' and retry" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; }
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || { py=$$(scripts/find-python311.sh) && $$py -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[piper,dev]'
+	@touch $@
+
+$(PLUGIN_VENV)/.installed: requirements.txt
+	@test -x $(PLUGIN_VENV)/bin/python || { py=$$(scripts/find-python312.sh) && $$py -m venv $(PLUGIN_VENV); }
+	$(PLUGIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PLUGIN_VENV)/bin/python -m pip install -q -r requirements.txt
+	@touch $@
+
+samples: $(VENV)/.installed
+	@$(PY) -m engine avatars samples >/dev/null
+
+demo: setup
+	@mkdir -p $(dir $(DEMO_OUT))
+	@$(PY) -m engine render --text "$(DEMO_TEXT)" --avatar astronaut --out $(DEMO_OUT) --subtitles
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) tests/bench/engine_bench.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+package:
+	@echo "make package arrives with the Dify plugin (step 3)"; exit 1
+
+clean:
+	rm -rf $(VENV) $(PLUGIN_VENV) var out dist .pytest_cache .ruff_cache

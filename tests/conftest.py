@@ -1,0 +1,63 @@
+"""Shared fixtures: a storage root with the sample avatars, an engine, ffprobe helpers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, EngineSettings
+from engine.samples import PHOTO_ID, VIDEO_ID, ensure_samples
+from engine.video import ffmpeg_exe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private storage root holding the sample avatars (copied from ``make setup``'s, or built)."""
+    root = tmp_path_factory.mktemp("storage")
+    built = REPO / "var" / "avatars"
+    for avatar_id in (PHOTO_ID, VIDEO_ID):
+        if (built / avatar_id / "meta.json").is_file():
+            shutil.copytree(built / avatar_id, root / "avatars" / avatar_id)
+    ensure_samples(EngineSettings(storage_root=root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def settings(storage: Path) -> EngineSettings:
+    return EngineSettings(storage_root=storage)
+
+
+@pytest.fixture(scope="session")
+def engine(settings: EngineSettings) -> Engine:
+    return Engine(settings)
+
+
+def ffprobe(path: Path) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
+        capture_output=True, check=True, timeout=30)
+    return json.loads(out.stdout)
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-y", "-v", "error", *args], check=True, timeout=120)
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """Names of the top-level MP4 boxes, in file order (to check moov comes before mdat)."""
+    names, data, pos = [], path.read_bytes(), 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        names.append(data[pos + 4:pos + 8].decode("latin-1"))
+        if size == 1:
+            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+        if size < 8:
+            break
+        pos += size
+    return names

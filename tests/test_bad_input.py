@@ -1,0 +1,155 @@
+"""Bad input gets a specific, actionable error, and nothing is left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine import Engine, EngineSettings, RenderRequest
+from engine.errors import (
+    CorruptMedia,
+    FaceTooSmall,
+    InvalidText,
+    MediaTooLong,
+    NoFace,
+    UnknownAvatar,
+    UnsupportedMedia,
+)
+from tests.conftest import REPO, ffmpeg
+
+
+def render(engine: Engine, tmp_path: Path, **kwargs) -> None:
+    kwargs.setdefault("avatar", "astronaut-photo")
+    engine.render(RenderRequest(out=tmp_path / "out.mp4", **kwargs))
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t ", "...!?"])
+def test_empty_text(engine: Engine, tmp_path: Path, text: str) -> None:
+    with pytest.raises(InvalidText, match="text is empty"):
+        render(engine, tmp_path, text=text)
+    assert not list(tmp_path.iterdir()), "a failed render must not leave files behind"
+
+
+def test_text_too_long(settings: EngineSettings, tmp_path: Path) -> None:
+    small = Engine(settings.model_copy(update={"max_text_chars": 20}))
+    with pytest.raises(InvalidText, match="limit is 20"):
+        render(small, tmp_path, text="This sentence is certainly longer than twenty characters.")
+
+
+def test_unknown_avatar(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(UnknownAvatar, match=r"no avatar 'nobody'.*astronaut"):
+        render(engine, tmp_path, text="Hi.", avatar="nobody")
+
+
+@pytest.mark.parametrize("avatar_id", ["../etc", "a/b", "UPPER", ""])
+def test_avatar_ids_never_become_paths(engine: Engine, tmp_path: Path, avatar_id: str) -> None:
+    with pytest.raises(UnknownAvatar):
+        render(engine, tmp_path, text="Hi.", avatar=avatar_id)
+
+
+def test_audio_with_unsupported_extension(engine: Engine, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio")
+    with pytest.raises(UnsupportedMedia, match="audio must be one of"):
+        render(engine, tmp_path, audio=notes)
+
+
+def test_corrupt_audio(engine: Engine, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(np.random.default_rng(1).bytes(4000))
+    with pytest.raises(CorruptMedia, match=r"junk\.wav is not readable media"):
+        render(engine, tmp_path, audio=junk)
+
+
+def test_audio_with_the_wrong_extension(engine: Engine, tmp_path: Path) -> None:
+    wav = tmp_path / "tone.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=1", str(wav))
+    renamed = tmp_path / "tone.mp3"
+    wav.rename(renamed)
+    with pytest.raises(UnsupportedMedia, match=r"extension says mp3 but the content is wav"):
+        render(engine, tmp_path, audio=renamed)
+
+
+def test_audio_too_long(settings: EngineSettings, tmp_path: Path) -> None:
+    wav = tmp_path / "long.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=4", str(wav))
+    small = Engine(settings.model_copy(update={"max_audio_s": 3.0}))
+    with pytest.raises(MediaTooLong, match=r"4.0 s long; the limit is 3 s"):
+        render(small, tmp_path, audio=wav)
+
+
+def test_text_and_audio_together(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(InvalidText, match=r"either text .* or an audio file"):
+        render(engine, tmp_path, text="Hi.", audio=tmp_path / "x.wav")
+
+
+def test_template_without_a_face(tmp_path: Path) -> None:
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((400, 400, 3), 180, np.uint8))
+    with pytest.raises(NoFace, match=r"no face .*frames? 0"):
+        Engine(EngineSettings(storage_root=tmp_path / "s")).avatars.add(blank)
+
+
+def test_template_face_too_small(tmp_path: Path) -> None:
+    from skimage import data
+
+    tiny = tmp_path / "tiny.png"
+    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    canvas = np.full((720, 1280, 3), 200, np.uint8)
+    canvas[300:300 + 256, 500:500 + 256] = cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tiny), canvas)
+    with pytest.raises(FaceTooSmall, match=r"px tall; at least 80 px is needed"):
+        Engine(EngineSettings(storage_root=tmp_path / "s")).avatars.add(tiny)
+
+
+def test_several_faces_use_the_largest_and_say_so(tmp_path: Path) -> None:
+    from skimage import data
+
+    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    canvas = np.full((512, 900, 3), 200, np.uint8)
+    canvas[:, :512] = photo
+    canvas[100:100 + 380, 515:515 + 380] = cv2.resize(photo, (380, 380), interpolation=cv2.INTER_AREA)
+    path = tmp_path / "two.png"
+    cv2.imwrite(str(path), canvas)
+    avatar = Engine(EngineSettings(storage_root=tmp_path / "s")).avatars.add(path)
+    assert any("2 faces" in note and "largest" in note for note in avatar.notes), avatar.notes
+
+
+def test_truncated_template_video(tmp_path: Path, storage: Path) -> None:
+    whole = (storage / "avatars" / "astronaut" / "forward.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(CorruptMedia):
+        Engine(EngineSettings(storage_root=tmp_path / "s")).avatars.add(cut)
+
+
+def test_template_too_long(settings: EngineSettings, storage: Path, tmp_path: Path) -> None:
+    small = Engine(settings.model_copy(update={"max_template_s": 2.0, "storage_root": tmp_path / "s"}))
+    with pytest.raises(MediaTooLong, match="templates may be at most 2 s"):
+        small.avatars.add(storage / "avatars" / "astronaut" / "forward.mp4")
+
+
+def test_template_with_unsupported_extension(engine: Engine, tmp_path: Path) -> None:
+    gif = tmp_path / "face.gif"
+    gif.write_bytes(b"GIF89a")
+    with pytest.raises(UnsupportedMedia, match="an avatar must be a video"):
+        engine.avatars.add(gif)
+
+
+def test_wav2lip_without_weights_is_a_clear_message(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="ENGINE_WAV2LIP_CHECKPOINT"):
+        render(engine, tmp_path, text="Hi.", renderer="wav2lip")
+
+
+def test_cli_reports_errors_without_a_traceback(settings: EngineSettings, tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "engine", "render", "--text", " ", "--avatar", "astronaut-photo", "--out",
+         str(tmp_path / "x.mp4")], capture_output=True, text=True, cwd=REPO,
+        env={"ENGINE_STORAGE_ROOT": str(settings.storage_root), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert run.returncode == 2
+    assert "error: text is empty" in run.stderr and "Traceback" not in run.stderr
