@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .frames import Region, from_bgr
+
 SWAY_DEG = 1.3
 SWAY_PX = 2.5
 BLINK_S = 0.18
@@ -49,10 +51,11 @@ SWAY_GRID = 8  # the sway field is smooth: compute it every 8 px and interpolate
 
 
 class LivingPhoto:
-    """Generates frame ``i`` of a photo avatar at ``fps``; frames are deterministic per index."""
+    """Generates I420 frame ``i`` of a photo avatar (BGR, even size) at ``fps``; deterministic per index."""
 
     def __init__(self, image: np.ndarray, landmarks: np.ndarray, fps: float, seed: int = 7) -> None:
-        self.image = image
+        self.image = from_bgr(image)
+        self.size = (image.shape[1], image.shape[0])
         self.landmarks = landmarks.astype(np.float32)
         self.fps = fps
         self.seed = seed
@@ -63,8 +66,9 @@ class LivingPhoto:
         # The head pivots near the base of the skull; the field fades out below the chin.
         self.pivot = np.array([self.center[0], lm[8, 1] + 0.25 * face_h], np.float32)
         radius = 1.5 * face_h
-        x0, x1 = int(max(0, self.center[0] - radius)), int(min(w, self.center[0] + radius))
-        y0, y1 = int(max(0, self.center[1] - radius)), int(min(h, lm[8, 1] + 0.6 * face_h))
+        r = Region.around(self.center[0] - radius, self.center[1] - radius, self.center[0] + radius,
+                          lm[8, 1] + 0.6 * face_h, w, h)
+        x0, y0, x1, y1 = r.x0, r.y0, r.x1, r.y1
         self.roi = (x0, y0, x1, y1)
         gys, gxs = np.mgrid[y0:y1 + SWAY_GRID:SWAY_GRID, x0:x1 + SWAY_GRID:SWAY_GRID].astype(np.float32)
         self.coarse = (gxs, gys)
@@ -129,9 +133,18 @@ class LivingPhoto:
             for eye in self.eyes:
                 dy[eye["window"]] += self._blink_shift(eye, m.blink)
         xs, ys = self.grid
+        w, h = self.size
         out = self.image.copy()
-        out[y0:y1, x0:x1] = cv2.remap(self.image, xs - dx, ys - dy, cv2.INTER_LINEAR,
+        out[y0:y1, x0:x1] = cv2.remap(self.image[:h], xs - dx, ys - dy, cv2.INTER_LINEAR,
                                       borderMode=cv2.BORDER_REFLECT101)
+        # Chroma planes are half size: the same field, sampled every other pixel and halved.
+        cdx, cdy = dx[::2, ::2] * 0.5, dy[::2, ::2] * 0.5
+        cxs, cys = xs[::2, ::2] * 0.5, ys[::2, ::2] * 0.5
+        src = self.image[h:].reshape(2, h // 2, w // 2)
+        dst = out[h:].reshape(2, h // 2, w // 2)
+        for plane in range(2):
+            dst[plane, y0 // 2:y1 // 2, x0 // 2:x1 // 2] = cv2.remap(
+                src[plane], cxs - cdx, cys - cdy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         return out, self._moved_landmarks(dx, dy)
 
     def _moved_landmarks(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import CorruptMedia, UnknownAvatar, UnsupportedMedia
 from .face import FaceTrack, get_backend, track_frames
+from .frames import to_bgr
 from .media import IMAGE_EXTS, validate_template
 from .settings import EngineSettings
 from .template import Template
@@ -190,17 +191,18 @@ class AvatarStore:
         w, h = even_size(width, height, None)
         forward = work / "forward.mp4"
         writer = VideoWriter(forward, width=w, height=h, fps=fps, audio=None, crf=TEMPLATE_CRF,
-                             keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True)
+                             keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True, pix_fmt="yuv420p")
         poster: list[np.ndarray] = []
 
         def tee() -> Iterator[np.ndarray]:
-            for i, frame in enumerate(read_frames(path, w, h, fps=fps)):
-                if not poster:
-                    poster.append(frame.copy())
+            for i, frame in enumerate(read_frames(path, w, h, fps=fps, pix_fmt="yuv420p")):
                 writer.write(frame)
+                image = to_bgr(frame)
+                if not poster:
+                    poster.append(image)
                 if progress and i % 25 == 0:
                     progress("avatar", 0.0)
-                yield frame
+                yield image
 
         try:
             track = track_frames(tee(), self._backend(), fps=fps, min_face_px=self.settings.min_face_px)
@@ -239,10 +241,10 @@ def _write_reverse(forward: Path, out: Path, width: int, height: int, fps: float
     """The forward copy played backwards, built chunk by chunk so memory stays bounded."""
     chunk = KEYFRAME_INTERVAL
     with VideoWriter(out, width=width, height=height, fps=fps, audio=None, crf=TEMPLATE_CRF,
-                     keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True) as writer:
+                     keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True, pix_fmt="yuv420p") as writer:
         for start in range((n_frames - 1) // chunk * chunk, -1, -chunk):
             seek = max(start - 0.5, 0) / fps
-            frames = list(itertools.islice(read_frames(forward, width, height, start_s=seek,
+            frames = list(itertools.islice(read_frames(forward, width, height, start_s=seek, pix_fmt="yuv420p",
                                                        max_frames=min(chunk, n_frames - start)), chunk))
             for frame in reversed(frames):
                 writer.write(frame)

@@ -21,6 +21,7 @@ from .audio import decode_audio, speech_envelope
 from .avatars import AvatarStore
 from .errors import CorruptMedia
 from .face import get_backend, track_frames
+from .frames import to_bgr
 from .media import ffprobe_exe, probe
 from .settings import EngineSettings
 from .video import read_frames
@@ -81,8 +82,8 @@ def evaluate(video: Path, settings: EngineSettings, audio: Path | None = None) -
     info = probe(video)
     if not info.has_video:
         raise CorruptMedia(f"{video.name} has no video stream")
-    frames = list(read_frames(video, info.width, info.height))
-    track = track_frames(iter(frames), get_backend(settings), fps=info.fps, min_face_px=16)
+    frames = list(read_frames(video, info.width, info.height, pix_fmt="yuv420p"))
+    track = track_frames((to_bgr(f) for f in frames), get_backend(settings), fps=info.fps, min_face_px=16)
     mouth = mouth_opening(track.landmarks)
 
     samples = decode_audio(audio or video, ENVELOPE_SR)
@@ -98,7 +99,7 @@ def evaluate(video: Path, settings: EngineSettings, audio: Path | None = None) -
 
 
 def _ssim_above_nose(video: Path, frames: list[np.ndarray], settings: EngineSettings) -> float | None:
-    """Mean SSIM (grey) of the face above the nose tip against the template frames, if known."""
+    """Mean SSIM (luma) of the face above the nose tip against the template frames, if known."""
     meta = read_comment(video)
     avatar_id = meta.get("avatar_id")
     if not avatar_id:
@@ -106,18 +107,19 @@ def _ssim_above_nose(video: Path, frames: list[np.ndarray], settings: EngineSett
     store = AvatarStore(settings)
     avatar = store.get(str(avatar_id))
     template = store.template(avatar)
-    h, w = frames[0].shape[:2]
+    w, h = frames[0].shape[1], frames[0].shape[0] * 2 // 3
     sx, sy = w / template.width, h / template.height
     scores = []
     for frame, (ref, lm) in zip(frames, template.frames(len(frames)), strict=False):
+        ref = ref[: template.height]
         if (ref.shape[1], ref.shape[0]) != (w, h):
             ref = cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA)
         lm = lm * [sx, sy]
         face_h = lm[8, 1] - lm[27, 1]
         x0, x1 = int(max(0, lm[0, 0])), int(min(w, lm[16, 0]))
         y0, y1 = int(max(0, lm[19:25, 1].min() - 0.3 * face_h)), int(min(h, lm[30, 1]))
-        a = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
-        b = cv2.cvtColor(ref[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+        a = frame[y0:y1, x0:x1]
+        b = ref[y0:y1, x0:x1]
         if min(a.shape) >= 7:
             scores.append(structural_similarity(a, b, data_range=255))
     return round(float(np.mean(scores)), 4) if scores else None

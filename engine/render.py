@@ -21,8 +21,10 @@ from . import subtitles
 from .audio import decode_audio, pad, write_wav
 from .avatars import AvatarStore
 from .errors import EngineError, InvalidText, MediaTooLong, UnsupportedMedia
+from .frames import to_bgr
 from .lipsync.base import RenderContext, Renderer
 from .media import probe, validate_audio
+from .pipeline import prefetch
 from .settings import EngineSettings, get_settings
 from .text import clean_text, detect_lang
 from .tts import get_backend as get_tts
@@ -173,8 +175,9 @@ class Engine:
             lap("prepare")
             with VideoWriter(out, width=template.width, height=template.height, fps=fps, audio=wav,
                              out_size=out_size, crf=s.video_crf, preset=s.video_preset,
-                             audio_bitrate=s.audio_bitrate, metadata={"comment": json.dumps(meta)}) as writer:
-                frames = renderer.frames(ctx)
+                             audio_bitrate=s.audio_bitrate, metadata={"comment": json.dumps(meta)},
+                             pix_fmt="yuv420p") as writer:
+                frames = prefetch(renderer.frames(ctx), depth=4)
                 for i in range(n_frames):
                     frame = next(frames, None)
                     if frame is None:
@@ -187,7 +190,8 @@ class Engine:
                 progress("encode", 0.99)
                 writer.close()
             lap("encode")
-        poster = write_jpeg(_resize(poster_frame, out_size), out.with_suffix(".jpg"))
+        assert poster_frame is not None
+        poster = write_jpeg(_resize(to_bgr(poster_frame), out_size), out.with_suffix(".jpg"))
         vtt = srt = None
         notes = list(avatar.notes)
         if req.subtitles:
@@ -207,10 +211,9 @@ class Engine:
         )
 
 
-def _resize(frame: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import cv2
 
-    assert frame is not None
     if (frame.shape[1], frame.shape[0]) == size:
         return frame
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)

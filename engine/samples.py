@@ -45,7 +45,8 @@ def write_template_video(out: Path, settings: EngineSettings, seconds: float = V
     boxes = backend.detect(still)
     landmarks = backend.landmarks(still, boxes[0])
     photo = LivingPhoto(still, landmarks, fps, seed=11)
-    with VideoWriter(out, width=still.shape[1], height=still.shape[0], fps=fps, audio=None, crf=16) as writer:
+    with VideoWriter(out, width=still.shape[1], height=still.shape[0], fps=fps, audio=None, crf=16,
+                     pix_fmt="yuv420p") as writer:
         for i in range(round(seconds * fps)):
             writer.write(photo.frame(i)[0])
         return writer.close()

@@ -15,6 +15,7 @@ import numpy as np
 
 from .animate import LivingPhoto
 from .face.base import FaceTrack
+from .pipeline import prefetch
 from .video import VideoWriter, read_frames
 
 
@@ -45,25 +46,28 @@ class Template:
         return self.track.landmarks[pingpong_index(i, self.n_frames)]
 
     def frames(self, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``count`` (frame, landmarks) pairs in output order."""
+        """``count`` (I420 frame, landmarks) pairs in output order; frames may be read-only."""
         if self.kind == "photo":
             assert self.image is not None
             photo = LivingPhoto(self.image, self.track.landmarks[0], self.fps)
             for i in range(count):
                 yield photo.frame(i)
             return
-        yield from zip(self._video_frames(count), (self.landmarks_at(i) for i in range(count)), strict=False)
+        frames = prefetch(self._video_frames(count), depth=6)
+        yield from zip(frames, (self.landmarks_at(i) for i in range(count)), strict=False)
 
     def _video_frames(self, count: int) -> Iterator[np.ndarray]:
         assert self.video_path is not None and self.reverse_path is not None
         n, produced, forward = self.n_frames, 0, True
         while produced < count:
             if forward:
-                chunk = read_frames(self.video_path, self.width, self.height, max_frames=min(n, count - produced))
+                chunk = read_frames(self.video_path, self.width, self.height, max_frames=min(n, count - produced),
+                                    pix_fmt="yuv420p")
             else:
                 # The reverse file's first and last frames repeat the turning points; skip them.
                 chunk = itertools.islice(
-                    read_frames(self.reverse_path, self.width, self.height, max_frames=n - 1), 1, None)
+                    read_frames(self.reverse_path, self.width, self.height, max_frames=n - 1, pix_fmt="yuv420p"),
+                    1, None)
             got = 0
             for frame in chunk:
                 yield frame
@@ -77,7 +81,8 @@ class Template:
 
     def materialize(self, count: int, path: Path, crf: int = 16) -> Path:
         """Write the first ``count`` output-order frames as a silent MP4 (for external renderers)."""
-        with VideoWriter(path, width=self.width, height=self.height, fps=self.fps, audio=None, crf=crf) as writer:
+        with VideoWriter(path, width=self.width, height=self.height, fps=self.fps, audio=None, crf=crf,
+                         pix_fmt="yuv420p") as writer:
             for frame, _ in self.frames(count):
                 writer.write(frame)
             return writer.close()

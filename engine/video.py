@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import tempfile
@@ -24,9 +25,24 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def _widen_pipe(fd: int, frame_bytes: int) -> None:
+    """Grow a pipe towards one frame: fewer, larger transfers cost far less kernel time."""
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as fh:
+            limit = int(fh.read())
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), min(limit, max(frame_bytes, 65536)))
+    except (OSError, ValueError):
+        return
+
+
 def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
-                max_frames: int | None = None, fps: float | None = None) -> Iterator[np.ndarray]:
-    """Decode ``path`` to BGR frames of ``width``x``height`` (scaled if the stream differs)."""
+                max_frames: int | None = None, fps: float | None = None,
+                pix_fmt: str = "bgr24") -> Iterator[np.ndarray]:
+    """Decode ``path`` to frames of ``width``x``height`` (scaled if the stream differs).
+
+    ``bgr24`` gives (h, w, 3) images; ``yuv420p`` gives I420 buffers of shape (h*3/2, w), which
+    skips the colour conversion entirely when the source is already 4:2:0.
+    """
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error"]
     if start_s > 0:
         cmd += ["-ss", f"{start_s:.6f}"]
@@ -37,17 +53,19 @@ def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
         cmd += ["-vf", f"scale={width}:{height}:flags={SWS_FLAGS}", "-fps_mode", "passthrough"]
     if max_frames is not None:
         cmd += ["-frames:v", str(max_frames)]
-    cmd += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
-    size = width * height * 3
+    cmd += ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"]
+    shape = (height, width, 3) if pix_fmt == "bgr24" else (height * 3 // 2, width)
+    size = int(np.prod(shape))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, bufsize=size)
         assert proc.stdout is not None
+        _widen_pipe(proc.stdout.fileno(), size)
         try:
             while True:
                 buf = proc.stdout.read(size)
                 if len(buf) < size:
                     break
-                yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+                yield np.frombuffer(buf, np.uint8).reshape(shape)
         finally:
             proc.stdout.close()
             proc.kill() if proc.poll() is None else None
@@ -59,7 +77,7 @@ def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
 
 
 class VideoWriter:
-    """Encode BGR frames (+ an audio file) to H.264 High / yuv420p / AAC 48 kHz MP4 with +faststart.
+    """Encode frames (BGR, or I420 with ``pix_fmt="yuv420p"``) plus an audio file to H.264 High / yuv420p / AAC 48 kHz MP4 with +faststart.
 
     Writes to a temporary name beside ``out`` and renames on success, so a failed render never
     leaves a half-written file under the final name.
@@ -68,14 +86,15 @@ class VideoWriter:
     def __init__(self, out: Path, *, width: int, height: int, fps: float, audio: Path | None,
                  out_size: tuple[int, int] | None = None, crf: int = 20, preset: str = "veryfast",
                  audio_bitrate: str = "128k", metadata: dict[str, str] | None = None,
-                 keyframe_interval: int | None = None, fast_decode: bool = False) -> None:
+                 keyframe_interval: int | None = None, fast_decode: bool = False,
+                 pix_fmt: str = "bgr24") -> None:
         self.out = out
         self.tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
-        self.frame_bytes = width * height * 3
+        self.frame_bytes = width * height * 3 if pix_fmt == "bgr24" else width * height * 3 // 2
         self.frames_written = 0
         cmd = [
             ffmpeg_exe(), "-nostdin", "-y", "-v", "error",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
+            "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
         ]
         if audio is not None:
             cmd += ["-i", str(audio)]
@@ -96,6 +115,8 @@ class VideoWriter:
         cmd += ["-f", "mp4", str(self.tmp)]
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the encoder process
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._err, bufsize=self.frame_bytes)
+        assert self.proc.stdin is not None
+        _widen_pipe(self.proc.stdin.fileno(), self.frame_bytes)
 
     def write(self, frame: np.ndarray) -> None:
         assert self.proc.stdin is not None

@@ -14,6 +14,7 @@ import pytest
 from engine.audio import write_wav
 from engine.errors import BackendFailed, BackendUnavailable
 from engine.face.base import FaceTrack
+from engine.frames import to_bgr
 from engine.lipsync.base import RenderContext
 from engine.lipsync.heygem import HeyGemRenderer, locate_result
 from engine.settings import EngineSettings
@@ -65,8 +66,8 @@ def test_success_yields_heygem_frames_and_sends_documented_fields(
     with HeyGemVideoStandIn(data_dir) as heygem:
         frames = render(make_ctx(tmp_path, template_video, heygem.url, data_dir, progress=progress))
     assert len(frames) == N
-    assert all(f.shape == (H, W, 3) and f.dtype == np.uint8 for f in frames)
-    lower = frames[N // 2][H * 3 // 4:, :, :].reshape(-1, 3).mean(axis=0)
+    assert all(f.shape == (H * 3 // 2, W) and f.dtype == np.uint8 for f in frames)
+    lower = to_bgr(frames[N // 2])[H * 3 // 4:, :, :].reshape(-1, 3).mean(axis=0)
     assert lower[2] > 200 and lower[0] < 60, "expected the stand-in's red lower third"
     (submit,) = heygem.submits()
     body = submit.body

@@ -16,6 +16,7 @@ import torch
 from engine.audio import wav2lip_mel
 from engine.errors import MissingWeights
 from engine.face.base import FaceTrack
+from engine.frames import from_bgr, to_bgr
 from engine.lipsync.base import RenderContext
 from engine.lipsync.wav2lip import (
     SMOOTH_T,
@@ -153,15 +154,16 @@ def _landmarks(cx: float, cy: float, size: float) -> np.ndarray:
 
 
 class _StillTemplate(Template):
-    """A still frame whose landmarks drift a little, handed out as read-only views like decoded video."""
+    """A still I420 frame whose landmarks drift a little, handed out as read-only views like decoded video."""
 
     pulled = 0
 
     def frames(self, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         assert self.image is not None
+        i420 = from_bgr(self.image)
         for i in range(count):
             self.pulled += 1
-            view = self.image.view()
+            view = i420.view()
             view.flags.writeable = False
             yield view, self.track.landmarks[0] + [0.0, (i % 3) - 1.0]
 
@@ -195,10 +197,12 @@ def test_renderer_streams_exactly_n_frames(tmp_path: Path, checkpoint: Path) -> 
     x2, y2 = np.ceil(boxes[:, 2:].max(0)).astype(int) + 1
     outside = np.ones((h, w), bool)
     outside[y1:y2, x1:x2] = False
+    luma = from_bgr(image)[:h]
     for frame in out:
-        assert frame.shape == (h, w, 3) and frame.dtype == np.uint8
-        np.testing.assert_array_equal(frame[outside], image[outside])
-        assert np.abs(frame[86:100, 74:102].astype(int) - image[86:100, 74:102]).mean() > 5
+        assert frame.shape == (h * 3 // 2, w) and frame.dtype == np.uint8
+        np.testing.assert_array_equal(frame[:h][outside], luma[outside])
+        bgr = to_bgr(frame)
+        assert np.abs(bgr[86:100, 74:102].astype(int) - image[86:100, 74:102]).mean() > 5
     assert {stage for stage, _ in reports} == {"lipsync"}
     fractions = [f for _, f in reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0

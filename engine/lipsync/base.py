@@ -45,4 +45,4 @@ class Renderer(ABC):
 
     @abstractmethod
     def frames(self, ctx: RenderContext) -> Iterator[np.ndarray]:
-        """Yield exactly ``ctx.n_frames`` BGR uint8 frames of the template's size."""
+        """Yield exactly ``ctx.n_frames`` I420 frames (see ``engine.frames``) of the template's size."""

@@ -101,7 +101,7 @@ class HeyGemRenderer(Renderer):
             result = client.wait(code, deadline, settings.heygem_poll_s, settings.heygem_timeout_s, ctx)
             path = locate_result(data_dir, code, result)
             try:
-                decoded = read_frames(path, template.width, template.height, fps=ctx.fps)
+                decoded = read_frames(path, template.width, template.height, fps=ctx.fps, pix_fmt="yuv420p")
                 with contextlib.closing(decoded):
                     yield from _exactly(decoded, ctx.n_frames, ctx.fps)
             except CorruptMedia as exc:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..frames import Region, read_region, write_region
 from .base import RenderContext, Renderer
 from .visemes import trajectory
 
-GRID_STEP = 4
+GRID_STEP = 8  # the displacement field is smooth at this scale; interpolate between samples
 MAX_GAP = 0.46  # inner-lip gap at full opening, as a fraction of mouth width
 RIDGE = 0.05  # smoothing: close control points with opposite moves must not make the field ring
 # How far each jaw-contour point follows the chin (index into the 68-point layout → weight).
@@ -85,11 +86,31 @@ class ProceduralRenderer(Renderer):
 
     def frames(self, ctx: RenderContext) -> Iterator[np.ndarray]:
         traj = trajectory(ctx.speech, ctx.fps, ctx.n_frames)
+        w, h = ctx.template.width, ctx.template.height
         for i, (frame, lm) in enumerate(ctx.template.frames(ctx.n_frames)):
-            yield render_mouth(frame, lm, float(traj.openness[i]), float(traj.spread[i]))
+            yield render_mouth_i420(frame, w, h, lm, float(traj.openness[i]), float(traj.spread[i]))
             if i % 25 == 0:
                 ctx.progress("lipsync", i / ctx.n_frames)
         ctx.progress("lipsync", 1.0)
+
+
+def mouth_region(lm: np.ndarray, width: int, height: int) -> Region:
+    """Everything ``render_mouth`` may change: nose tip to below the chin, jaw to jaw."""
+    face_h = float(np.linalg.norm(lm[8] - lm[27]))
+    x0, x1 = min(lm[3, 0], lm[13, 0]) - 0.12 * face_h, max(lm[3, 0], lm[13, 0]) + 0.12 * face_h
+    y0 = min(lm[33, 1] - 0.07 * face_h, lm[3, 1], lm[13, 1])
+    return Region.around(x0, y0, x1, lm[8, 1] + 0.47 * face_h, width, height)
+
+
+def render_mouth_i420(frame: np.ndarray, width: int, height: int, lm: np.ndarray, openness: float,
+                      spread: float) -> np.ndarray:
+    """``render_mouth`` on an I420 frame: only the mouth region goes through RGB and back."""
+    r = mouth_region(lm, width, height)
+    offset = np.array([r.x0, r.y0], np.float32)
+    patch = render_mouth(read_region(frame, width, height, r), lm - offset, openness, spread)
+    out = frame.copy()
+    write_region(out, width, height, r, patch)
+    return out
 
 
 def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: float) -> np.ndarray:

@@ -23,6 +23,7 @@ import torch
 
 from ..audio import wav2lip_mel
 from ..errors import BackendUnavailable, MissingWeights
+from ..frames import from_bgr, to_bgr
 from ..settings import EngineSettings
 from .base import RenderContext, Renderer
 from .wav2lip_model import CHECKPOINT_HINT, FIELD, Wav2Lip, load_checkpoint
@@ -133,6 +134,7 @@ class Wav2LipRenderer(Renderer):
         boxes: list[np.ndarray] = []
         done = 0
         for frame, landmarks in itertools.islice(ctx.template.frames(n), n):
+            frame = to_bgr(frame)  # a fresh, writable BGR copy of the I420 template frame
             pending[len(boxes)] = frame
             boxes.append(face_box(landmarks, frame.shape[1], frame.shape[0]))
             # A batch may go once every box in its frames' smoothing windows has arrived.
@@ -161,9 +163,9 @@ class Wav2LipRenderer(Renderer):
             crops.append(cv2.resize(pending[i][rect[1]:rect[3], rect[0]:rect[2]], (IMG_SIZE, IMG_SIZE)))
         preds = self._predict(np.stack(crops), mels)
         for i, pred, rect in zip(idx, preds, rects, strict=True):
-            out = pending.pop(i).copy()  # template frames may be read-only views of a decoder buffer
+            out = pending.pop(i)
             paste(out, pred, rect, self.mask)
-            yield out
+            yield from_bgr(out)
 
     def _predict(self, crops: np.ndarray, mels: np.ndarray) -> np.ndarray:
         """(B,96,96,3) uint8 BGR crops + (B,80,16) mels → (B,96,96,3) uint8 BGR faces."""

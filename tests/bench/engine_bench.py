@@ -27,7 +27,7 @@ from engine.tts.base import SynthesisRequest  # noqa: E402
 from engine.video import ffmpeg_exe  # noqa: E402
 
 TEXT = ("Welcome to our product tour. In the next few seconds I will show you how to create a video "
-        "from one line of text, right inside your own network.")
+        "from one line of text, right inside your own network, in less time than it takes to watch it.")
 
 
 def run_render(settings: EngineSettings, out: Path) -> tuple[dict, float, float]:
