@@ -238,16 +238,22 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _write_reverse(forward: Path, out: Path, width: int, height: int, fps: float, n_frames: int) -> None:
-    """The forward copy played backwards, built chunk by chunk so memory stays bounded."""
+    """Frames n-2 down to 1 of the forward copy (the turning points are not repeated), built chunk by
+    chunk so memory stays bounded. Forward then reverse, repeated, is the ping-pong."""
+    if n_frames <= 2:
+        return
     chunk = KEYFRAME_INTERVAL
+    wanted = range(n_frames - 2, 0, -1)
     with VideoWriter(out, width=width, height=height, fps=fps, audio=None, crf=TEMPLATE_CRF,
                      keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True, pix_fmt="yuv420p") as writer:
         for start in range((n_frames - 1) // chunk * chunk, -1, -chunk):
             seek = max(start - 0.5, 0) / fps
             frames = list(itertools.islice(read_frames(forward, width, height, start_s=seek, pix_fmt="yuv420p",
                                                        max_frames=min(chunk, n_frames - start)), chunk))
-            for frame in reversed(frames):
-                writer.write(frame)
-        if writer.frames_written != n_frames:
-            raise CorruptMedia(f"the template decoded to {writer.frames_written} frames backwards, {n_frames} forwards")
+            for index, frame in zip(range(start + len(frames) - 1, start - 1, -1), reversed(frames), strict=True):
+                if index in wanted:
+                    writer.write(frame)
+        if writer.frames_written != len(wanted):
+            raise CorruptMedia(
+                f"the template decoded to {writer.frames_written + 2} frames backwards, {n_frames} forwards")
         writer.close()

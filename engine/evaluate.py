@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,23 +83,24 @@ def evaluate(video: Path, settings: EngineSettings, audio: Path | None = None) -
     info = probe(video)
     if not info.has_video:
         raise CorruptMedia(f"{video.name} has no video stream")
-    frames = list(read_frames(video, info.width, info.height, pix_fmt="yuv420p"))
+    frames = read_frames(video, info.width, info.height, pix_fmt="yuv420p")
     track = track_frames((to_bgr(f) for f in frames), get_backend(settings), fps=info.fps, min_face_px=16)
+    n_frames = len(track)
     mouth = mouth_opening(track.landmarks)
 
     samples = decode_audio(audio or video, ENVELOPE_SR)
-    envelope = speech_envelope(samples, ENVELOPE_SR, info.fps, len(frames))
+    envelope = speech_envelope(samples, ENVELOPE_SR, info.fps, n_frames)
     by_lag = lagged_correlation(mouth, envelope)
     lag = max(by_lag, key=lambda k: by_lag[k])
     return EvalReport(
-        frames=len(frames), fps=info.fps, peak_r=round(by_lag[lag], 4), lag_frames=lag,
-        ssim_above_nose=_ssim_above_nose(video, frames, settings),
+        frames=n_frames, fps=info.fps, peak_r=round(by_lag[lag], 4), lag_frames=lag,
+        ssim_above_nose=_ssim_above_nose(video, info.width, info.height, n_frames, settings),
         mouth_open_mean=round(float(mouth.mean()), 4), mouth_open_std=round(float(mouth.std()), 4),
         r_by_lag={k: round(v, 4) for k, v in by_lag.items()},
     )
 
 
-def _ssim_above_nose(video: Path, frames: list[np.ndarray], settings: EngineSettings) -> float | None:
+def _ssim_above_nose(video: Path, w: int, h: int, n_frames: int, settings: EngineSettings) -> float | None:
     """Mean SSIM (luma) of the face above the nose tip against the template frames, if known."""
     meta = read_comment(video)
     avatar_id = meta.get("avatar_id")
@@ -107,19 +109,19 @@ def _ssim_above_nose(video: Path, frames: list[np.ndarray], settings: EngineSett
     store = AvatarStore(settings)
     avatar = store.get(str(avatar_id))
     template = store.template(avatar)
-    w, h = frames[0].shape[1], frames[0].shape[0] * 2 // 3
     sx, sy = w / template.width, h / template.height
     scores = []
-    for frame, (ref, lm) in zip(frames, template.frames(len(frames)), strict=False):
-        ref = ref[: template.height]
-        if (ref.shape[1], ref.shape[0]) != (w, h):
-            ref = cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA)
-        lm = lm * [sx, sy]
-        face_h = lm[8, 1] - lm[27, 1]
-        x0, x1 = int(max(0, lm[0, 0])), int(min(w, lm[16, 0]))
-        y0, y1 = int(max(0, lm[19:25, 1].min() - 0.3 * face_h)), int(min(h, lm[30, 1]))
-        a = frame[y0:y1, x0:x1]
-        b = ref[y0:y1, x0:x1]
-        if min(a.shape) >= 7:
-            scores.append(structural_similarity(a, b, data_range=255))
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = read_frames(video, w, h, pix_fmt="yuv420p")
+        for frame, (ref, lm) in zip(frames, template.frames(n_frames, Path(tmp)), strict=False):
+            ref = ref[: template.height]
+            if (ref.shape[1], ref.shape[0]) != (w, h):
+                ref = cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA)
+            lm = lm * [sx, sy]
+            face_h = lm[8, 1] - lm[27, 1]
+            x0, x1 = int(max(0, lm[0, 0])), int(min(w, lm[16, 0]))
+            y0, y1 = int(max(0, lm[19:25, 1].min() - 0.3 * face_h)), int(min(h, lm[30, 1]))
+            a, b = frame[:h][y0:y1, x0:x1], ref[y0:y1, x0:x1]
+            if min(a.shape) >= 7:
+                scores.append(structural_similarity(a, b, data_range=255))
     return round(float(np.mean(scores)), 4) if scores else None

@@ -41,7 +41,7 @@ def prefetch(source: Iterator[T], depth: int = 4) -> Iterator[T]:
                 if stop.is_set():
                     break
             items.put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, not swallowed
+        except BaseException as exc:
             items.put(_Failure(exc))
         finally:
             close = getattr(source, "close", None)

@@ -15,13 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from . import subtitles
 from .audio import decode_audio, pad, write_wav
 from .avatars import AvatarStore
 from .errors import EngineError, InvalidText, MediaTooLong, UnsupportedMedia
-from .frames import to_bgr
 from .lipsync.base import RenderContext, Renderer
 from .media import probe, validate_audio
 from .pipeline import prefetch
@@ -29,7 +26,7 @@ from .settings import EngineSettings, get_settings
 from .text import clean_text, detect_lang
 from .tts import get_backend as get_tts
 from .tts.base import Speech, SynthesisRequest
-from .video import VideoWriter, even_size, write_jpeg
+from .video import Background, VideoWriter, even_size, read_frames, write_jpeg
 
 Resolution = Literal["source", "720p", "1080p"]
 _HEIGHTS = {"source": None, "720p": 720, "1080p": 1080}
@@ -171,27 +168,27 @@ class Engine:
             ctx = RenderContext(template, padded, wav, fps, n_frames, s, workdir, progress)
             meta = {"avatar_id": avatar.id, "template_sha256": avatar.sha256, "renderer": renderer.name,
                     "lead_in_s": s.lead_in_s}
-            poster_frame: np.ndarray | None = None
+            region = renderer.region(ctx)
+            background = None if region is None else Background(
+                template.playlist(n_frames, workdir), template.width, template.height, region.x0, region.y0)
+            size = (region.width, region.height) if region else (template.width, template.height)
             lap("prepare")
-            with VideoWriter(out, width=template.width, height=template.height, fps=fps, audio=wav,
-                             out_size=out_size, crf=s.video_crf, preset=s.video_preset,
-                             audio_bitrate=s.audio_bitrate, metadata={"comment": json.dumps(meta)},
-                             pix_fmt="yuv420p") as writer:
-                frames = prefetch(renderer.frames(ctx), depth=4)
+            with VideoWriter(out, width=size[0], height=size[1], fps=fps, audio=wav, out_size=out_size,
+                             crf=s.video_crf, preset=s.video_preset, audio_bitrate=s.audio_bitrate,
+                             metadata={"comment": json.dumps(meta)}, pix_fmt="yuv420p", background=background,
+                             max_frames=n_frames) as writer:
+                frames = prefetch(renderer.frames(ctx, region), depth=4)
                 for i in range(n_frames):
                     frame = next(frames, None)
                     if frame is None:
                         raise EngineError(f"renderer {renderer.name} stopped after {i} of {n_frames} frames")
                     lap("lipsync")
                     writer.write(frame)
-                    if i == n_frames // 3:
-                        poster_frame = frame.copy()
                     lap("encode")
                 progress("encode", 0.99)
                 writer.close()
             lap("encode")
-        assert poster_frame is not None
-        poster = write_jpeg(_resize(to_bgr(poster_frame), out_size), out.with_suffix(".jpg"))
+        poster = _poster(out, out_size, n_frames / 3 / fps)
         vtt = srt = None
         notes = list(avatar.notes)
         if req.subtitles:
@@ -211,12 +208,12 @@ class Engine:
         )
 
 
-def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    if (frame.shape[1], frame.shape[0]) == size:
-        return frame
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+def _poster(video: Path, size: tuple[int, int], at_s: float) -> Path:
+    """A JPEG of the finished video at ``at_s`` (a third in: the speaker is mid-sentence)."""
+    frame = next(read_frames(video, size[0], size[1], start_s=at_s, max_frames=1), None)
+    if frame is None:
+        frame = next(read_frames(video, size[0], size[1], max_frames=1))
+    return write_jpeg(frame, video.with_suffix(".jpg"))
 
 
 _default: Engine | None = None

@@ -1,12 +1,16 @@
 """A prepared avatar template: frames in output order together with their landmarks.
 
 Video templates play forward, then backward (a ping-pong, so there is never a jump) for as long
-as the speech needs; photos are animated on the fly.
+as the speech needs; photos are animated on the fly. The ping-pong is a concat playlist of the
+avatar's ``forward.mp4`` and ``reverse.mp4`` (frames n-2..1), so one ffmpeg process reads it and
+the encoder can decode the very same sequence itself.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +19,7 @@ import numpy as np
 
 from .animate import LivingPhoto
 from .face.base import FaceTrack
+from .frames import Region
 from .pipeline import prefetch
 from .video import VideoWriter, read_frames
 
@@ -45,44 +50,48 @@ class Template:
     def landmarks_at(self, i: int) -> np.ndarray:
         return self.track.landmarks[pingpong_index(i, self.n_frames)]
 
-    def frames(self, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``count`` (I420 frame, landmarks) pairs in output order; frames may be read-only."""
+    def playlist(self, count: int, directory: Path) -> Path:
+        """A concat-demuxer list that plays the video template ping-pong for ``count`` frames."""
+        assert self.video_path is not None and self.reverse_path is not None
+        n = self.n_frames
+        cycle = [self.video_path] + ([self.reverse_path] if n > 2 else [])
+        period = n + (n - 2 if n > 2 else 0)
+        entries = cycle * math.ceil(count / period)
+        fd, name = tempfile.mkstemp(prefix="template-", suffix=".txt", dir=directory)
+        os.close(fd)
+        path = Path(name)
+        path.write_text("ffconcat version 1.0\n" + "".join(f"file '{p.resolve()}'\n" for p in entries))
+        return path
+
+    def frames(self, count: int, workdir: Path, region: Region | None = None,
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``count`` (I420 frame, landmarks) pairs in output order; frames may be read-only.
+
+        With ``region`` the frames are that crop of the template and the landmarks are relative
+        to its corner (video templates only).
+        """
         if self.kind == "photo":
-            assert self.image is not None
+            assert self.image is not None and region is None
             photo = LivingPhoto(self.image, self.track.landmarks[0], self.fps)
             for i in range(count):
                 yield photo.frame(i)
             return
-        frames = prefetch(self._video_frames(count), depth=6)
-        yield from zip(frames, (self.landmarks_at(i) for i in range(count)), strict=False)
-
-    def _video_frames(self, count: int) -> Iterator[np.ndarray]:
-        assert self.video_path is not None and self.reverse_path is not None
-        n, produced, forward = self.n_frames, 0, True
-        while produced < count:
-            if forward:
-                chunk = read_frames(self.video_path, self.width, self.height, max_frames=min(n, count - produced),
-                                    pix_fmt="yuv420p")
-            else:
-                # The reverse file's first and last frames repeat the turning points; skip them.
-                chunk = itertools.islice(
-                    read_frames(self.reverse_path, self.width, self.height, max_frames=n - 1, pix_fmt="yuv420p"),
-                    1, None)
-            got = 0
-            for frame in chunk:
-                yield frame
-                got += 1
-                produced += 1
-                if produced >= count:
-                    return
-            if got == 0:
-                raise RuntimeError(f"template {self.video_path.name} yielded no frames")
-            forward = not forward if n > 1 else True
+        crop = None if region is None else (region.x0, region.y0, region.width, region.height)
+        offset = np.zeros(2, np.float32) if region is None else np.array([region.x0, region.y0], np.float32)
+        frames = prefetch(read_frames(self.playlist(count, workdir), self.width, self.height, concat=True,
+                                      max_frames=count, pix_fmt="yuv420p", crop=crop), depth=6)
+        produced = 0
+        for i, frame in enumerate(frames):
+            produced += 1
+            yield frame, self.landmarks_at(i) - offset
+        if produced < count:
+            raise RuntimeError(f"the template played {produced} of {count} frames; re-add the avatar")
 
     def materialize(self, count: int, path: Path, crf: int = 16) -> Path:
         """Write the first ``count`` output-order frames as a silent MP4 (for external renderers)."""
-        with VideoWriter(path, width=self.width, height=self.height, fps=self.fps, audio=None, crf=crf,
-                         pix_fmt="yuv420p") as writer:
-            for frame, _ in self.frames(count):
+        with tempfile.TemporaryDirectory() as tmp, VideoWriter(
+                path, width=self.width, height=self.height, fps=self.fps, audio=None, crf=crf,
+                pix_fmt="yuv420p") as writer:
+            for frame, _ in self.frames(count, Path(tmp)):
                 writer.write(frame)
             return writer.close()

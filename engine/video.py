@@ -7,6 +7,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -35,19 +36,30 @@ def _widen_pipe(fd: int, frame_bytes: int) -> None:
         return
 
 
+def _input(path: Path, concat: bool) -> list[str]:
+    """``-i path``, or a concat-demuxer playlist (its entries are paths this package wrote)."""
+    return ["-f", "concat", "-safe", "0", "-i", str(path)] if concat else ["-i", str(path)]
+
+
 def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
                 max_frames: int | None = None, fps: float | None = None,
-                pix_fmt: str = "bgr24") -> Iterator[np.ndarray]:
+                pix_fmt: str = "bgr24", concat: bool = False,
+                crop: tuple[int, int, int, int] | None = None) -> Iterator[np.ndarray]:
     """Decode ``path`` to frames of ``width``x``height`` (scaled if the stream differs).
 
     ``bgr24`` gives (h, w, 3) images; ``yuv420p`` gives I420 buffers of shape (h*3/2, w), which
-    skips the colour conversion entirely when the source is already 4:2:0.
+    skips the colour conversion entirely when the source is already 4:2:0. ``crop`` (x, y, w, h)
+    cuts a region out instead of scaling; ``concat`` reads a concat-demuxer playlist.
     """
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error"]
     if start_s > 0:
         cmd += ["-ss", f"{start_s:.6f}"]
-    cmd += ["-i", str(path), "-map", "0:v:0", "-an", "-sn"]
-    if fps:
+    cmd += [*_input(path, concat), "-map", "0:v:0", "-an", "-sn"]
+    if crop is not None:
+        x, y, cw, ch = crop
+        width, height = cw, ch
+        cmd += ["-vf", f"crop={cw}:{ch}:{x}:{y}", "-fps_mode", "passthrough"]
+    elif fps:
         cmd += ["-vf", f"fps={fps},scale={width}:{height}:flags={SWS_FLAGS}"]
     else:
         cmd += ["-vf", f"scale={width}:{height}:flags={SWS_FLAGS}", "-fps_mode", "passthrough"]
@@ -76,8 +88,21 @@ def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
             raise CorruptMedia(f"{path.name} could not be decoded ({message[-1] if message else code})")
 
 
+@dataclass(frozen=True)
+class Background:
+    """Full frames the encoder decodes itself (a playlist of template files); the frames written
+    to the pipe are then patches of ``width``x``height`` laid over it at (``x``, ``y``)."""
+
+    playlist: Path
+    width: int
+    height: int
+    x: int
+    y: int
+
+
 class VideoWriter:
-    """Encode frames (BGR, or I420 with ``pix_fmt="yuv420p"``) plus an audio file to H.264 High / yuv420p / AAC 48 kHz MP4 with +faststart.
+    """Encode frames (BGR, or I420 with ``pix_fmt="yuv420p"``) and an audio file to an MP4:
+    H.264 High, yuv420p, AAC 48 kHz, +faststart.
 
     Writes to a temporary name beside ``out`` and renames on success, so a failed render never
     leaves a half-written file under the final name.
@@ -87,22 +112,27 @@ class VideoWriter:
                  out_size: tuple[int, int] | None = None, crf: int = 20, preset: str = "veryfast",
                  audio_bitrate: str = "128k", metadata: dict[str, str] | None = None,
                  keyframe_interval: int | None = None, fast_decode: bool = False,
-                 pix_fmt: str = "bgr24") -> None:
+                 pix_fmt: str = "bgr24", background: Background | None = None,
+                 max_frames: int | None = None) -> None:
         self.out = out
         self.tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
         self.frame_bytes = width * height * 3 if pix_fmt == "bgr24" else width * height * 3 // 2
         self.frames_written = 0
-        cmd = [
-            ffmpeg_exe(), "-nostdin", "-y", "-v", "error",
-            "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
-        ]
+        cmd = [ffmpeg_exe(), "-nostdin", "-y", "-v", "error"]
+        if background is not None:
+            cmd += _input(background.playlist, concat=True)
+        cmd += ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-"]
         if audio is not None:
             cmd += ["-i", str(audio)]
-        cmd += ["-map", "0:v:0"]
+        canvas = (background.width, background.height) if background else (width, height)
+        chain = f"[0:v][1:v]overlay=x={background.x}:y={background.y}:shortest=1" if background else "[0:v]null"
+        if out_size and out_size != canvas:
+            chain += f",scale={out_size[0]}:{out_size[1]}:flags=lanczos+accurate_rnd+full_chroma_int"
+        cmd += ["-filter_complex", chain + "[v]", "-map", "[v]"]
         if audio is not None:
-            cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", audio_bitrate, "-ar", "48000"]
-        if out_size and out_size != (width, height):
-            cmd += ["-vf", f"scale={out_size[0]}:{out_size[1]}:flags=lanczos+accurate_rnd+full_chroma_int"]
+            cmd += ["-map", f"{2 if background else 1}:a:0", "-c:a", "aac", "-b:a", audio_bitrate, "-ar", "48000"]
+        if max_frames is not None:
+            cmd += ["-frames:v", str(max_frames)]
         cmd += ["-sws_flags", SWS_FLAGS]
         cmd += ["-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p", "-preset", preset,
                 "-crf", str(crf), "-movflags", "+faststart"]

@@ -158,7 +158,7 @@ class _StillTemplate(Template):
 
     pulled = 0
 
-    def frames(self, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def frames(self, count: int, workdir: Path | None = None, region=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         assert self.image is not None
         i420 = from_bgr(self.image)
         for i in range(count):
@@ -192,7 +192,7 @@ def test_renderer_streams_exactly_n_frames(tmp_path: Path, checkpoint: Path) -> 
         out.append(frame)
 
     assert len(out) == n
-    boxes = np.stack([face_box(lmk, w, h) for _, lmk in _StillTemplate.frames(template, n)])
+    boxes = np.stack([face_box(lmk, w, h) for _, lmk in _StillTemplate.frames(template, n, tmp_path)])
     x1, y1 = np.floor(boxes[:, :2].min(0)).astype(int) - 1
     x2, y2 = np.ceil(boxes[:, 2:].max(0)).astype(int) + 1
     outside = np.ones((h, w), bool)

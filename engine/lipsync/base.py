@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..frames import Region
 from ..settings import EngineSettings
 from ..template import Template
 from ..tts.base import Speech
@@ -43,6 +44,15 @@ class Renderer(ABC):
 
     name: str = ""
 
+    def region(self, ctx: RenderContext) -> Region | None:
+        """A fixed region outside which this renderer changes no pixel of any frame, if it has one.
+
+        The encoder then decodes the template itself and lays the renderer's patches over it, so
+        only the region crosses the pipe and everything else stays exactly as the template has it.
+        """
+        return None
+
     @abstractmethod
-    def frames(self, ctx: RenderContext) -> Iterator[np.ndarray]:
-        """Yield exactly ``ctx.n_frames`` I420 frames (see ``engine.frames``) of the template's size."""
+    def frames(self, ctx: RenderContext, region: Region | None = None) -> Iterator[np.ndarray]:
+        """Yield exactly ``ctx.n_frames`` I420 frames (see ``engine.frames``) of the template's size,
+        or of ``region`` when the pipeline passes the one ``region()`` returned."""

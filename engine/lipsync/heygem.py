@@ -28,6 +28,7 @@ import numpy as np
 import requests
 
 from ..errors import BackendFailed, BackendUnavailable, CorruptMedia
+from ..frames import Region
 from ..video import read_frames
 from .base import RenderContext, Renderer
 
@@ -67,7 +68,7 @@ class HeyGemRenderer(Renderer):
 
     name = "heygem"
 
-    def frames(self, ctx: RenderContext) -> Iterator[np.ndarray]:
+    def frames(self, ctx: RenderContext, region: Region | None = None) -> Iterator[np.ndarray]:
         settings = ctx.settings
         if not settings.heygem_url:
             raise BackendUnavailable("the heygem renderer needs ENGINE_HEYGEM_URL (e.g. http://host:8383)")

@@ -8,7 +8,7 @@ its border, so everything above the nose stays as the template has it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import cv2
 import numpy as np
@@ -84,10 +84,18 @@ def target_displacements(mf: MouthFrame, openness: float, spread: float) -> dict
 class ProceduralRenderer(Renderer):
     name = "procedural"
 
-    def frames(self, ctx: RenderContext) -> Iterator[np.ndarray]:
+    def region(self, ctx: RenderContext) -> Region | None:
+        """For video templates: the union of every frame's mouth region (photos move as a whole)."""
+        t = ctx.template
+        if t.kind != "video":
+            return None
+        boxes = np.array([astuple(mouth_region(lm, t.width, t.height)) for lm in t.track.landmarks])
+        return Region(int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()))
+
+    def frames(self, ctx: RenderContext, region: Region | None = None) -> Iterator[np.ndarray]:
         traj = trajectory(ctx.speech, ctx.fps, ctx.n_frames)
-        w, h = ctx.template.width, ctx.template.height
-        for i, (frame, lm) in enumerate(ctx.template.frames(ctx.n_frames)):
+        w, h = (region.width, region.height) if region else (ctx.template.width, ctx.template.height)
+        for i, (frame, lm) in enumerate(ctx.template.frames(ctx.n_frames, ctx.workdir, region)):
             yield render_mouth_i420(frame, w, h, lm, float(traj.openness[i]), float(traj.spread[i]))
             if i % 25 == 0:
                 ctx.progress("lipsync", i / ctx.n_frames)

@@ -23,7 +23,7 @@ import torch
 
 from ..audio import wav2lip_mel
 from ..errors import BackendUnavailable, MissingWeights
-from ..frames import from_bgr, to_bgr
+from ..frames import Region, from_bgr, to_bgr
 from ..settings import EngineSettings
 from .base import RenderContext, Renderer
 from .wav2lip_model import CHECKPOINT_HINT, FIELD, Wav2Lip, load_checkpoint
@@ -127,13 +127,13 @@ class Wav2LipRenderer(Renderer):
         self.mask = paste_mask()
         log.info("wav2lip: loaded %s on %s", settings.wav2lip_checkpoint, self.device)
 
-    def frames(self, ctx: RenderContext) -> Iterator[np.ndarray]:
+    def frames(self, ctx: RenderContext, region: Region | None = None) -> Iterator[np.ndarray]:
         n = ctx.n_frames
         mels = mel_windows(wav2lip_mel(ctx.speech.samples, ctx.speech.sample_rate), ctx.fps, n)
         pending: dict[int, np.ndarray] = {}
         boxes: list[np.ndarray] = []
         done = 0
-        for frame, landmarks in itertools.islice(ctx.template.frames(n), n):
+        for frame, landmarks in itertools.islice(ctx.template.frames(n, ctx.workdir), n):
             frame = to_bgr(frame)  # a fresh, writable BGR copy of the I420 template frame
             pending[len(boxes)] = frame
             boxes.append(face_box(landmarks, frame.shape[1], frame.shape[0]))
