@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import CorruptMedia, UnknownAvatar, UnsupportedMedia
 from .face import FaceTrack, get_backend, track_frames
-from .frames import to_bgr
+from .face.regions import track_mouth_region
+from .frames import Region, to_bgr
 from .media import IMAGE_EXTS, validate_template
 from .settings import EngineSettings
 from .template import Template
@@ -47,6 +48,7 @@ class Avatar:
     face_backend: str
     created_at: float
     notes: list[str] = field(default_factory=list)
+    mouth_region: list[int] | None = None  # x0, y0, x1, y1 of mouth.npy's crops (video avatars)
 
     @property
     def duration_s(self) -> float:
@@ -213,18 +215,23 @@ class AvatarStore:
         if len(track) == 0 or not poster:
             raise CorruptMedia(f"{path.name} has no readable video frames", field="avatar")
         _write_reverse(forward, work / "reverse.mp4", w, h, fps, len(track))
+        region = track_mouth_region(track.landmarks, w, h)
+        _write_crops(forward, work / "mouth.npy", w, h, region, len(track))
         track.save(work / f"track-{self.settings.face_backend}.npz")
         write_jpeg(poster[0], work / "poster.jpg")
         return Avatar(avatar_id, name or path.stem, "video", sha, fps, w, h, len(track),
-                      self.settings.face_backend, time.time(), list(track.notes))
+                      self.settings.face_backend, time.time(), list(track.notes),
+                      [region.x0, region.y0, region.x1, region.y1])
 
     def template(self, avatar: Avatar) -> Template:
         d = self._dir(avatar.id)
         track = FaceTrack.load(self._track_path(avatar.id))
         if avatar.kind == "photo":
             return Template("photo", avatar.fps, avatar.width, avatar.height, track, image=_read_image(d / "photo.png"))
-        return Template("video", avatar.fps, avatar.width, avatar.height, track,
-                        video_path=d / "forward.mp4", reverse_path=d / "reverse.mp4")
+        box = Region(*avatar.mouth_region) if avatar.mouth_region else None
+        crops = np.load(d / "mouth.npy", mmap_mode="r") if box and (d / "mouth.npy").is_file() else None
+        return Template("video", avatar.fps, avatar.width, avatar.height, track, video_path=d / "forward.mp4",
+                        reverse_path=d / "reverse.mp4", mouth_box=box, mouth_crops=crops)
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -235,6 +242,20 @@ def _read_image(path: Path) -> np.ndarray:
     if image.shape[0] < 16 or image.shape[1] < 16:
         raise UnsupportedMedia(f"{path.name} is only {image.shape[1]}x{image.shape[0]} pixels", field="avatar")
     return image
+
+
+def _write_crops(forward: Path, out: Path, width: int, height: int, region: Region, n_frames: int) -> None:
+    """The mouth region of every frame as raw I420, so renders of this avatar decode nothing."""
+    crops = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8,
+                                      shape=(n_frames, region.height * 3 // 2, region.width))
+    count = 0
+    for count, crop in enumerate(read_frames(forward, width, height, pix_fmt="yuv420p", max_frames=n_frames,
+                                             crop=(region.x0, region.y0, region.width, region.height)), 1):
+        crops[count - 1] = crop
+    crops.flush()
+    del crops
+    if count != n_frames:
+        raise CorruptMedia(f"the template decoded to {count} frames for its mouth region, {n_frames} in all")
 
 
 def _write_reverse(forward: Path, out: Path, width: int, height: int, fps: float, n_frames: int) -> None:

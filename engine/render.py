@@ -26,7 +26,7 @@ from .settings import EngineSettings, get_settings
 from .text import clean_text, detect_lang
 from .tts import get_backend as get_tts
 from .tts.base import Speech, SynthesisRequest
-from .video import Background, VideoWriter, even_size, read_frames, write_jpeg
+from .video import Background, VideoWriter, even_size
 
 Resolution = Literal["source", "720p", "1080p"]
 _HEIGHTS = {"source": None, "720p": 720, "1080p": 1080}
@@ -176,7 +176,7 @@ class Engine:
             with VideoWriter(out, width=size[0], height=size[1], fps=fps, audio=wav, out_size=out_size,
                              crf=s.video_crf, preset=s.video_preset, audio_bitrate=s.audio_bitrate,
                              metadata={"comment": json.dumps(meta)}, pix_fmt="yuv420p", background=background,
-                             max_frames=n_frames) as writer:
+                             max_frames=n_frames, poster=(out.with_suffix(".jpg"), n_frames // 3)) as writer:
                 frames = prefetch(renderer.frames(ctx, region), depth=4)
                 for i in range(n_frames):
                     frame = next(frames, None)
@@ -188,7 +188,7 @@ class Engine:
                 progress("encode", 0.99)
                 writer.close()
             lap("encode")
-        poster = _poster(out, out_size, n_frames / 3 / fps)
+        poster = out.with_suffix(".jpg")
         vtt = srt = None
         notes = list(avatar.notes)
         if req.subtitles:
@@ -206,14 +206,6 @@ class Engine:
             avatar_id=avatar.id, renderer=renderer.name, lang=lang, tts=tts_name, subtitles_vtt=vtt,
             subtitles_srt=srt, timings=timings, notes=notes,
         )
-
-
-def _poster(video: Path, size: tuple[int, int], at_s: float) -> Path:
-    """A JPEG of the finished video at ``at_s`` (a third in: the speaker is mid-sentence)."""
-    frame = next(read_frames(video, size[0], size[1], start_s=at_s, max_frames=1), None)
-    if frame is None:
-        frame = next(read_frames(video, size[0], size[1], max_frames=1))
-    return write_jpeg(frame, video.with_suffix(".jpg"))
 
 
 _default: Engine | None = None

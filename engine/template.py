@@ -42,6 +42,8 @@ class Template:
     video_path: Path | None = None
     reverse_path: Path | None = None
     image: np.ndarray | None = None
+    mouth_box: Region | None = None
+    mouth_crops: np.ndarray | None = None  # (n_frames, h*3/2, w) I420 crops of ``mouth_box``, memory-mapped
 
     @property
     def n_frames(self) -> int:
@@ -76,8 +78,13 @@ class Template:
             for i in range(count):
                 yield photo.frame(i)
             return
-        crop = None if region is None else (region.x0, region.y0, region.width, region.height)
         offset = np.zeros(2, np.float32) if region is None else np.array([region.x0, region.y0], np.float32)
+        if region is not None and region == self.mouth_box and self.mouth_crops is not None:
+            # Preprocessing kept the mouth region of every frame: no decoding at all.
+            for i in range(count):
+                yield self.mouth_crops[pingpong_index(i, self.n_frames)], self.landmarks_at(i) - offset
+            return
+        crop = None if region is None else (region.x0, region.y0, region.width, region.height)
         frames = prefetch(read_frames(self.playlist(count, workdir), self.width, self.height, concat=True,
                                       max_frames=count, pix_fmt="yuv420p", crop=crop), depth=6)
         produced = 0

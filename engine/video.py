@@ -113,9 +113,11 @@ class VideoWriter:
                  audio_bitrate: str = "128k", metadata: dict[str, str] | None = None,
                  keyframe_interval: int | None = None, fast_decode: bool = False,
                  pix_fmt: str = "bgr24", background: Background | None = None,
-                 max_frames: int | None = None) -> None:
+                 max_frames: int | None = None, poster: tuple[Path, int] | None = None) -> None:
         self.out = out
         self.tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
+        self.poster = poster[0] if poster else None
+        self.poster_tmp = out.with_name(f".{out.stem}.partial.jpg")
         self.frame_bytes = width * height * 3 if pix_fmt == "bgr24" else width * height * 3 // 2
         self.frames_written = 0
         cmd = [ffmpeg_exe(), "-nostdin", "-y", "-v", "error"]
@@ -128,7 +130,12 @@ class VideoWriter:
         chain = f"[0:v][1:v]overlay=x={background.x}:y={background.y}:shortest=1" if background else "[0:v]null"
         if out_size and out_size != canvas:
             chain += f",scale={out_size[0]}:{out_size[1]}:flags=lanczos+accurate_rnd+full_chroma_int"
-        cmd += ["-filter_complex", chain + "[v]", "-map", "[v]"]
+        if poster:
+            # The poster comes out of the same encoder pass: no second decode of the result.
+            chain += f",split[v][pv];[pv]select=eq(n\\,{poster[1]})[p]"
+        else:
+            chain += "[v]"
+        cmd += ["-filter_complex", chain, "-map", "[v]"]
         if audio is not None:
             cmd += ["-map", f"{2 if background else 1}:a:0", "-c:a", "aac", "-b:a", audio_bitrate, "-ar", "48000"]
         if max_frames is not None:
@@ -143,6 +150,8 @@ class VideoWriter:
         for key, value in (metadata or {}).items():
             cmd += ["-metadata", f"{key}={value}"]
         cmd += ["-f", "mp4", str(self.tmp)]
+        if poster:
+            cmd += ["-map", "[p]", "-frames:v", "1", "-q:v", "3", "-update", "1", "-f", "image2", str(self.poster_tmp)]
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the encoder process
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._err, bufsize=self.frame_bytes)
         assert self.proc.stdin is not None
@@ -173,6 +182,8 @@ class VideoWriter:
             raise RuntimeError(f"ffmpeg failed to encode {self.out.name}: {message}")
         self._err.close()
         os.replace(self.tmp, self.out)
+        if self.poster:
+            os.replace(self.poster_tmp, self.poster)
         return self.out
 
     def abort(self) -> None:
@@ -181,6 +192,7 @@ class VideoWriter:
             self.proc.wait()
         self._err.close()
         self.tmp.unlink(missing_ok=True)
+        self.poster_tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
         return self

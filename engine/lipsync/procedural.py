@@ -8,11 +8,12 @@ its border, so everything above the nose stays as the template has it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from ..face.regions import mouth_region, track_mouth_region
 from ..frames import Region, read_region, write_region
 from .base import RenderContext, Renderer
 from .visemes import trajectory
@@ -89,8 +90,7 @@ class ProceduralRenderer(Renderer):
         t = ctx.template
         if t.kind != "video":
             return None
-        boxes = np.array([astuple(mouth_region(lm, t.width, t.height)) for lm in t.track.landmarks])
-        return Region(int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()))
+        return t.mouth_box or track_mouth_region(t.track.landmarks, t.width, t.height)
 
     def frames(self, ctx: RenderContext, region: Region | None = None) -> Iterator[np.ndarray]:
         traj = trajectory(ctx.speech, ctx.fps, ctx.n_frames)
@@ -100,14 +100,6 @@ class ProceduralRenderer(Renderer):
             if i % 25 == 0:
                 ctx.progress("lipsync", i / ctx.n_frames)
         ctx.progress("lipsync", 1.0)
-
-
-def mouth_region(lm: np.ndarray, width: int, height: int) -> Region:
-    """Everything ``render_mouth`` may change: nose tip to below the chin, jaw to jaw."""
-    face_h = float(np.linalg.norm(lm[8] - lm[27]))
-    x0, x1 = min(lm[3, 0], lm[13, 0]) - 0.12 * face_h, max(lm[3, 0], lm[13, 0]) + 0.12 * face_h
-    y0 = min(lm[33, 1] - 0.07 * face_h, lm[3, 1], lm[13, 1])
-    return Region.around(x0, y0, x1, lm[8, 1] + 0.47 * face_h, width, height)
 
 
 def render_mouth_i420(frame: np.ndarray, width: int, height: int, lm: np.ndarray, openness: float,
