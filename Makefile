@@ -14,20 +14,23 @@ DEMO_OUT ?= out/demo.mp4
 
 setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 
+# Debian packages: ffprobe (media validation) and a font with CJK glyphs for burned-in subtitles.
+SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei
 system-deps:
-	@command -v ffprobe >/dev/null 2>&1 || { \
-	  echo "installing ffmpeg/ffprobe (Debian package)"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "ffprobe is missing: run 'sudo apt-get install ffmpeg' and retry" >&2; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; }
+	@if ! command -v ffprobe >/dev/null 2>&1 || [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
+	  echo "installing $(SYSTEM_PACKAGES) (Debian packages)"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)' and retry" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || { py=$$(scripts/find-python311.sh) && $$py -m venv $(VENV); }
+	@test -x $(PY) || { py=$$(scripts/find-python.sh 3.11) && $$py -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[piper,dev]'
 	@touch $@
 
 $(PLUGIN_VENV)/.installed: requirements.txt
-	@test -x $(PLUGIN_VENV)/bin/python || { py=$$(scripts/find-python312.sh) && $$py -m venv $(PLUGIN_VENV); }
+	@test -x $(PLUGIN_VENV)/bin/python || { py=$$(scripts/find-python.sh 3.12) && $$py -m venv $(PLUGIN_VENV); }
 	$(PLUGIN_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PLUGIN_VENV)/bin/python -m pip install -q -r requirements.txt
 	@touch $@

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--resolution", choices=["source", "720p", "1080p"], default="source")
     r.add_argument("--subtitles", action="store_true", help="also write .vtt and .srt beside the video")
+    r.add_argument("--burn-subtitles", action="store_true", help="draw the subtitles into the picture")
     r.add_argument("--renderer", choices=["procedural", "wav2lip", "heygem"])
     r.add_argument("--tts", choices=["espeak", "piper", "openai", "heygem"])
     r.add_argument("--json", action="store_true", help="print one JSON object describing the result")
@@ -70,7 +71,8 @@ def _render(args: argparse.Namespace, settings: EngineSettings) -> int:
 
     req = RenderRequest(avatar=args.avatar, out=args.out, text=args.text, audio=args.audio, lang=args.lang,
                         voice=args.voice, speed=args.speed, resolution=args.resolution,
-                        subtitles=args.subtitles, renderer=args.renderer, tts=args.tts)
+                        subtitles=args.subtitles, burn_subtitles=args.burn_subtitles, renderer=args.renderer,
+                        tts=args.tts)
     result = Engine(settings).render(req, progress=_progress_printer(not args.json))
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))

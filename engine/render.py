@@ -26,7 +26,7 @@ from .settings import EngineSettings, get_settings
 from .text import clean_text, detect_lang
 from .tts import get_backend as get_tts
 from .tts.base import Speech, SynthesisRequest
-from .video import Background, VideoWriter, even_size
+from .video import Background, BurnIn, VideoWriter, even_size
 
 Resolution = Literal["source", "720p", "1080p"]
 _HEIGHTS = {"source": None, "720p": 720, "1080p": 1080}
@@ -46,6 +46,7 @@ class RenderRequest:
     speed: float = 1.0
     resolution: Resolution = "source"
     subtitles: bool = False
+    burn_subtitles: bool = False
     renderer: str | None = None
     tts: str | None = None
 
@@ -162,7 +163,17 @@ class Engine:
         out = Path(req.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out_size = even_size(template.width, template.height, _HEIGHTS[req.resolution])
-        with tempfile.TemporaryDirectory(prefix="render-", dir=out.parent) as tmp:
+        notes = list(avatar.notes)
+        words = padded.words
+        if (req.subtitles or req.burn_subtitles) and not words:
+            notes.append("subtitles need word timings; uploaded audio has none, so none were made")
+        with tempfile.TemporaryDirectory(prefix="render-", dir=out.parent) as tmp, \
+                tempfile.TemporaryDirectory(prefix="subs-") as subs_dir:
+            burn = None
+            if req.burn_subtitles and words:
+                # Under a plain temp path: ffmpeg parses filter arguments, so user paths stay out of them.
+                _, burn_srt = subtitles.write(words, Path(subs_dir) / "subtitles")
+                burn = BurnIn(burn_srt, s.subtitle_font, s.subtitle_font_dir)
             workdir = Path(tmp)
             wav = write_wav(workdir / "speech.wav", padded.samples, padded.sample_rate)
             ctx = RenderContext(template, padded, wav, fps, n_frames, s, workdir, progress)
@@ -176,7 +187,8 @@ class Engine:
             with VideoWriter(out, width=size[0], height=size[1], fps=fps, audio=wav, out_size=out_size,
                              crf=s.video_crf, preset=s.video_preset, audio_bitrate=s.audio_bitrate,
                              metadata={"comment": json.dumps(meta)}, pix_fmt="yuv420p", background=background,
-                             max_frames=n_frames, poster=(out.with_suffix(".jpg"), n_frames // 3)) as writer:
+                             max_frames=n_frames, poster=(out.with_suffix(".jpg"), n_frames // 3),
+                             burn_in=burn) as writer:
                 frames = prefetch(renderer.frames(ctx, region), depth=4)
                 for i in range(n_frames):
                     frame = next(frames, None)
@@ -189,13 +201,7 @@ class Engine:
                 writer.close()
             lap("encode")
         poster = out.with_suffix(".jpg")
-        vtt = srt = None
-        notes = list(avatar.notes)
-        if req.subtitles:
-            if padded.words:
-                vtt, srt = subtitles.write(padded.words, out)
-            else:
-                notes.append("subtitles need word timings; uploaded audio has none, so none were written")
+        vtt, srt = subtitles.write(words, out) if req.subtitles and words else (None, None)
         info = probe(out)
         lap("finalize")
         timings["total"] = time.perf_counter() - started

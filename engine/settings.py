@@ -33,6 +33,8 @@ class EngineSettings(BaseSettings):
     video_crf: int = Field(20, ge=0, le=51)
     video_preset: str = "veryfast"
     audio_bitrate: str = "128k"
+    subtitle_font: str = Field("WenQuanYi Micro Hei", description="Font for burned-in subtitles (covers CJK).")
+    subtitle_font_dir: Path = Field(Path("/usr/share/fonts"), description="Where that font is installed.")
 
     piper_voice: str | None = Field(None, description="Path to a Piper .onnx voice, or an installed voice package.")
 

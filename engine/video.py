@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -88,6 +89,30 @@ def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
             raise CorruptMedia(f"{path.name} could not be decoded ({message[-1] if message else code})")
 
 
+_SAFE_PATH = re.compile(r"^[\w./-]+$")
+
+
+@dataclass(frozen=True)
+class BurnIn:
+    """Subtitles drawn into the picture by libass (ffmpeg's ``subtitles`` filter)."""
+
+    srt: Path
+    font: str
+    font_dir: Path | None
+
+    def filter(self) -> str:
+        # Filter arguments are parsed by ffmpeg; only plain paths are passed (the caller writes the
+        # .srt to a temp dir), and the font name is reduced to letters, digits and spaces.
+        if not _SAFE_PATH.match(str(self.srt)):
+            raise ValueError(f"unsafe subtitle path {self.srt}")
+        font = re.sub(r"[^\w ]", "", self.font)
+        style = f"FontName={font}\\,FontSize=18\\,Outline=1\\,Shadow=0\\,MarginV=18"
+        parts = [f"subtitles=filename={self.srt}", f"force_style={style}"]
+        if self.font_dir is not None and _SAFE_PATH.match(str(self.font_dir)) and self.font_dir.is_dir():
+            parts.insert(1, f"fontsdir={self.font_dir}")
+        return ":".join(parts)
+
+
 @dataclass(frozen=True)
 class Background:
     """Full frames the encoder decodes itself (a playlist of template files); the frames written
@@ -113,7 +138,8 @@ class VideoWriter:
                  audio_bitrate: str = "128k", metadata: dict[str, str] | None = None,
                  keyframe_interval: int | None = None, fast_decode: bool = False,
                  pix_fmt: str = "bgr24", background: Background | None = None,
-                 max_frames: int | None = None, poster: tuple[Path, int] | None = None) -> None:
+                 max_frames: int | None = None, poster: tuple[Path, int] | None = None,
+                 burn_in: BurnIn | None = None) -> None:
         self.out = out
         self.tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
         self.poster = poster[0] if poster else None
@@ -130,6 +156,8 @@ class VideoWriter:
         chain = f"[0:v][1:v]overlay=x={background.x}:y={background.y}:shortest=1" if background else "[0:v]null"
         if out_size and out_size != canvas:
             chain += f",scale={out_size[0]}:{out_size[1]}:flags=lanczos+accurate_rnd+full_chroma_int"
+        if burn_in is not None:
+            chain += "," + burn_in.filter()
         if poster:
             # The poster comes out of the same encoder pass: no second decode of the result.
             chain += f",split[v][pv];[pv]select=eq(n\\,{poster[1]})[p]"

@@ -218,3 +218,16 @@ def test_cli_render_json_and_eval(settings: EngineSettings, tmp_path: Path) -> N
                             text=True, cwd=REPO, env=env, timeout=120)
     ids = {v["id"] for v in json.loads(voices.stdout)}
     assert {"en-us", "cmn"} <= ids
+
+
+def test_burned_in_subtitles_draw_into_the_bottom_of_the_picture(engine: Engine, tmp_path: Path) -> None:
+    plain, burned = tmp_path / "plain.mp4", tmp_path / "burned.mp4"
+    engine.render(RenderRequest(avatar="astronaut-photo", out=plain, text=ZH))
+    result = engine.render(RenderRequest(avatar="astronaut-photo", out=burned, text=ZH, burn_subtitles=True))
+    assert result.subtitles_srt is None and not burned.with_suffix(".srt").exists()
+    a = [f.astype(np.int16) for f in read_frames(plain, 512, 512)]
+    b = [f.astype(np.int16) for f in read_frames(burned, 512, 512)]
+    middle = len(a) // 2
+    bottom = np.abs(a[middle][-90:] - b[middle][-90:]).mean()
+    top = np.abs(a[middle][:300] - b[middle][:300]).mean()
+    assert bottom > 4 * top + 1.0, (bottom, top)
