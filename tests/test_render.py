@@ -231,3 +231,23 @@ def test_burned_in_subtitles_draw_into_the_bottom_of_the_picture(engine: Engine,
     bottom = np.abs(a[middle][-90:] - b[middle][-90:]).mean()
     top = np.abs(a[middle][:300] - b[middle][:300]).mean()
     assert bottom > 4 * top + 1.0, (bottom, top)
+
+
+def test_text_through_an_openai_compatible_server_and_piper(settings: EngineSettings, tmp_path: Path) -> None:
+    """Backends without usable timings drive the mouth from the sound; the sync check still holds."""
+    from tests.standins.tts_servers import OpenAITTSServer
+
+    with OpenAITTSServer(api_key="sk-render-test") as server:
+        remote = Engine(EngineSettings(storage_root=settings.storage_root, tts_backend="openai",
+                                       openai_tts_url=server.url, openai_tts_key="sk-render-test"))
+        out = tmp_path / "openai.mp4"
+        result = remote.render(RenderRequest(avatar="astronaut", out=out, text=EN))
+    assert result.tts == "openai"
+    assert_playable(out, result.speech_s + settings.lead_in_s + settings.lead_out_s)
+    report = evaluate(out, settings)
+    assert report.peak_r >= 0.6 and abs(report.lag_frames) <= 1, report
+
+    out = tmp_path / "piper.mp4"
+    result = Engine(settings).render(RenderRequest(avatar="astronaut-photo", out=out, text=EN, tts="piper"))
+    assert result.tts == "piper"
+    assert_playable(out, result.speech_s + settings.lead_in_s + settings.lead_out_s)

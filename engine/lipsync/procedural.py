@@ -21,12 +21,25 @@ from .visemes import trajectory
 GRID_STEP = 8  # the displacement field is smooth at this scale; interpolate between samples
 MAX_GAP = 0.46  # inner-lip gap at full opening, as a fraction of mouth width
 RIDGE = 0.05  # smoothing: close control points with opposite moves must not make the field ring
-# How far each jaw-contour point follows the chin (index into the 68-point layout → weight).
-_JAW_FOLLOW = {3: 0.05, 4: 0.2, 5: 0.45, 6: 0.7, 7: 0.9, 8: 1.0, 9: 0.9, 10: 0.7, 11: 0.45, 12: 0.2, 13: 0.05}
-_OUTER_LOWER = {55: 0.55, 56: 0.9, 57: 1.0, 58: 0.9, 59: 0.55}
-_INNER_LOWER = {65: 0.9, 66: 1.0, 67: 0.9}
-_INNER_UPPER = {61: 0.85, 62: 1.0, 63: 0.85}
-_OUTER_UPPER = {50: 0.5, 51: 0.6, 52: 0.5}
+# Each moving landmark's share of the four motions (68-point indices). ``lower``: how far it follows
+# the jaw down; ``upper``: how far it follows the upper lip up; ``side``: corner moves along the
+# lips (spread/round); ``pucker``: lip thickening of rounded vowels. Jaw points fade towards the ears.
+_MOVES = {
+    # jaw contour
+    3: (0.05, 0, 0, 0), 4: (0.21, 0, 0, 0), 5: (0.47, 0, 0, 0), 6: (0.74, 0, 0, 0), 7: (0.95, 0, 0, 0),
+    8: (1.05, 0, 0, 0), 9: (0.95, 0, 0, 0), 10: (0.74, 0, 0, 0), 11: (0.47, 0, 0, 0), 12: (0.21, 0, 0, 0),
+    13: (0.05, 0, 0, 0),
+    # lower lip, outer and inner
+    55: (0.55, 0, 0, 0), 56: (0.9, 0, 0, 1), 57: (1.0, 0, 0, 1), 58: (0.9, 0, 0, 1), 59: (0.55, 0, 0, 0),
+    65: (0.9, 0, 0, 0), 66: (1.0, 0, 0, 0), 67: (0.9, 0, 0, 0),
+    # upper lip, inner and outer
+    61: (0, 0.85, 0, 0), 62: (0, 1.0, 0, 0), 63: (0, 0.85, 0, 0),
+    50: (0, 0.5, 0, -1), 51: (0, 0.6, 0, -1), 52: (0, 0.5, 0, -1),
+    # corners
+    48: (0.35, 0, -1, 0), 60: (0.35, 0, -1, 0), 54: (0.35, 0, 1, 0), 64: (0.35, 0, 1, 0),
+}
+_MOVE_IDX = np.array(list(_MOVES), int)
+_MOVE_W = np.array(list(_MOVES.values()), np.float32)
 _ANCHORS = [0, 1, 2, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35]
 
 
@@ -54,32 +67,16 @@ def mouth_frame(lm: np.ndarray) -> MouthFrame:
     return MouthFrame(lm, u, v, mouth_w, face_h, max(gap, 0.0))
 
 
-def target_displacements(mf: MouthFrame, openness: float, spread: float) -> dict[int, np.ndarray]:
-    """Landmark index → displacement (pixels) that gives the wanted opening and lip shape."""
+def target_displacements(mf: MouthFrame, openness: float, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the landmarks that move and their displacements (pixels) for the wanted shape."""
     delta = openness * MAX_GAP * mf.mouth_w - mf.gap
     lower, upper = 0.8 * delta, 0.2 * delta
     side = (0.07 if spread > 0 else 0.1) * spread * mf.mouth_w
-    moves: dict[int, np.ndarray] = {}
-
-    def add(idx: int, vec: np.ndarray) -> None:
-        moves[idx] = moves.get(idx, np.zeros(2, np.float32)) + vec
-
-    for idx, w in _JAW_FOLLOW.items():
-        add(idx, w * lower * 1.05 * mf.v)
-    for idx, w in {**_OUTER_LOWER, **_INNER_LOWER}.items():
-        add(idx, w * lower * mf.v)
-    for idx, w in {**_INNER_UPPER, **_OUTER_UPPER}.items():
-        add(idx, -w * upper * mf.v)
-    for corner, inner, sign in ((48, 60, -1.0), (54, 64, 1.0)):
-        for idx in (corner, inner):
-            add(idx, sign * side * mf.u + 0.35 * lower * mf.v)
     # Rounded lips push forward: seen from the front the lips thicken a little.
     pucker = max(-spread, 0.0) * 0.05 * mf.mouth_w
-    for idx in (50, 51, 52):
-        add(idx, -pucker * mf.v)
-    for idx in (56, 57, 58):
-        add(idx, pucker * mf.v)
-    return moves
+    along_v = _MOVE_W @ np.array([lower, -upper, 0.0, pucker], np.float32)
+    along_u = _MOVE_W[:, 2] * side
+    return _MOVE_IDX, (np.outer(along_v, mf.v) + np.outer(along_u, mf.u)).astype(np.float32)
 
 
 class ProceduralRenderer(Renderer):
@@ -116,7 +113,7 @@ def render_mouth_i420(frame: np.ndarray, width: int, height: int, lm: np.ndarray
 def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: float) -> np.ndarray:
     """One frame with the mouth set to ``openness``/``spread``; returns a new array."""
     mf = mouth_frame(lm.astype(np.float32))
-    moves = target_displacements(mf, openness, spread)
+    idx, disp = target_displacements(mf, openness, spread)
     h, w = frame.shape[:2]
     nose_y = float(lm[33, 1] - 0.05 * mf.face_h)
     x0 = int(max(0, min(lm[3, 0], lm[13, 0]) - 0.1 * mf.face_h))
@@ -126,8 +123,6 @@ def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: flo
     if x1 - x0 < 8 or y1 - y0 < 8:
         return frame.copy()
 
-    idx = np.array(list(moves), int)
-    disp = np.array([moves[i] for i in idx], np.float32)
     src_pts, dst_pts = lm[idx].astype(np.float64), (lm[idx] + disp).astype(np.float64)
     anchors = lm[_ANCHORS].astype(np.float64)
     below = lm[8] + 0.42 * mf.face_h * mf.v + np.outer([-0.6, -0.3, 0.0, 0.3, 0.6], mf.u * mf.mouth_w)
@@ -152,10 +147,10 @@ def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: flo
     roi_w, roi_h = x1 - x0, y1 - y0
     full = cv2.resize(field.astype(np.float32), (len(gx) * GRID_STEP, len(gy) * GRID_STEP),
                       interpolation=cv2.INTER_LINEAR)[:roi_h, :roi_w]
-    xs, ys = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
+    map_x = full[..., 0] + np.arange(x0, x1, dtype=np.float32)[None, :]
+    map_y = full[..., 1] + np.arange(y0, y1, dtype=np.float32)[:, None]
     out = frame.copy()
-    out[y0:y1, x0:x1] = cv2.remap(frame, xs + full[..., 0], ys + full[..., 1], cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REPLICATE)
+    out[y0:y1, x0:x1] = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     new_lm = lm.astype(np.float32).copy()
     new_lm[idx] = dst_pts
     _paint_cavity(out, frame, lm.astype(np.float32), new_lm, mf)
@@ -224,12 +219,11 @@ def _paint_cavity(out: np.ndarray, src: np.ndarray, old_lm: np.ndarray, lm: np.n
     out[by0:by1, bx0:bx1] = np.clip(region * (1 - alpha) + fill * alpha, 0, 255).astype(np.uint8)
 
 
-def _poly_mask(poly: np.ndarray, size: tuple[int, int], scale: int = 4) -> np.ndarray:
-    """Anti-aliased, slightly feathered 0..1 mask of a polygon (drawn at 4x, then shrunk)."""
-    mask = np.zeros((size[1] * scale, size[0] * scale), np.uint8)
-    cv2.fillPoly(mask, [np.round(poly * scale).astype(np.int32)], 255, lineType=cv2.LINE_AA)
-    mask = cv2.resize(mask, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    return cv2.GaussianBlur(mask, (0, 0), 0.7)
+def _poly_mask(poly: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Anti-aliased (sub-pixel vertices), slightly feathered 0..1 mask of a polygon."""
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    cv2.fillPoly(mask, [np.round(poly * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+    return cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.7)
 
 
 def _cavity_image(size: tuple[int, int], inner: np.ndarray, lum: float, gap: float, mf: MouthFrame,

@@ -30,19 +30,31 @@ TEXT = ("Welcome to our product tour. In the next few seconds I will show you ho
         "from one line of text, right inside your own network, in less time than it takes to watch it.")
 
 
-def run_render(settings: EngineSettings, out: Path) -> tuple[dict, float, float]:
-    """One render in a child process: its JSON report, wall time and peak RSS (MiB)."""
+_WORKER = """
+import json, resource, sys, time
+from pathlib import Path
+from engine import Engine, EngineSettings, RenderRequest
+engine = Engine(EngineSettings())
+engine.render(RenderRequest(avatar=sys.argv[1], out=Path(sys.argv[2]), text="Warm up."))
+result = engine.render(RenderRequest(avatar=sys.argv[1], out=Path(sys.argv[2]), text=sys.argv[3], lang="en"))
+report = result.to_dict()
+report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(report))
+"""
+
+
+def run_render(settings: EngineSettings, out: Path) -> tuple[dict, float]:
+    """A worker-like child process (engine resident, one warm-up render), then the measured render.
+
+    Returns its JSON report (with the process's peak RSS) and the wall time of a cold CLI render.
+    """
     env = {**os.environ, "ENGINE_STORAGE_ROOT": str(settings.storage_root)}
+    warm = subprocess.run([sys.executable, "-c", _WORKER, VIDEO_ID, str(out), TEXT], capture_output=True,
+                          text=True, cwd=REPO, env=env, check=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "render", "--text", TEXT, "--lang", "en", "--avatar", VIDEO_ID,
-         "--out", str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    stdout = proc.stdout.read().decode() if proc.stdout else ""
-    if status != 0:
-        raise SystemExit(f"render failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return json.loads(stdout), wall, usage.ru_maxrss / 1024
+    subprocess.run([sys.executable, "-m", "engine", "render", "--text", TEXT, "--lang", "en", "--avatar", VIDEO_ID,
+                    "--out", str(out), "--json"], capture_output=True, cwd=REPO, env=env, check=True)
+    return json.loads(warm.stdout), time.perf_counter() - start
 
 
 def plain_transcode(template: Path, frames: int, out: Path, settings: EngineSettings) -> float:
@@ -83,8 +95,8 @@ def main() -> int:
     speech_s = get_tts(settings).synthesize(SynthesisRequest(TEXT, "en")).duration
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_render(settings, Path(tmp) / "warmup.mp4")
-        report, wall, rss = run_render(settings, Path(tmp) / "bench.mp4")
+        report, cli_wall = run_render(settings, Path(tmp) / "bench.mp4")
+        rss = report["peak_rss_mib"]
         floor = plain_transcode(template, report["n_frames"], Path(tmp) / "floor.mp4", settings)
     cold = cold_preprocess(settings, template, avatar.duration_s)
     gen_fps = wav2lip_fps()
@@ -100,7 +112,8 @@ def main() -> int:
     ]
     rows += [(f"stage {k} (s)", f"{v:.3f}", "") for k, v in t.items() if k != "total"]
     rows += [
-        ("render total (s)", f"{total:.2f}", f"process wall {wall:.2f} s incl. interpreter start"),
+        ("render total (s)", f"{total:.2f}", "engine resident, as in a worker"),
+        ("cold CLI render (s)", f"{cli_wall:.2f}", "python -m engine render: interpreter start + imports + render"),
         ("x real time", f"{duration / total:.2f}x", "target >= 2x  " + verdict(duration / total >= 2)),
         ("plain ffmpeg transcode (s)", f"{floor:.2f}", "decode + H.264 encode of the same frames"),
         ("render / transcode", f"{total / floor:.2f}", "target <= 1.5  " + verdict(total / floor <= 1.5)),
