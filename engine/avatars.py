@@ -141,6 +141,7 @@ class AvatarStore:
                         f"{path.name} is truncated or damaged: only {avatar.n_frames} of about {expected:.0f} "
                         "frames could be decoded", field="avatar")
             (work / "meta.json").write_text(json.dumps(asdict(avatar), indent=2))
+            work.chmod(0o755)  # mkdtemp makes it private; API and workers may run as different users
             target = self._dir(avatar_id)
             if target.exists():
                 shutil.rmtree(target)
