@@ -24,7 +24,7 @@ import numpy as np
 from .errors import CorruptMedia, UnknownAvatar, UnsupportedMedia
 from .face import FaceTrack, get_backend, track_frames
 from .face.regions import track_mouth_region
-from .frames import Region, to_bgr
+from .frames import Region, crop, to_bgr
 from .media import IMAGE_EXTS, validate_template
 from .settings import EngineSettings
 from .template import Template
@@ -215,9 +215,8 @@ class AvatarStore:
             raise
         if len(track) == 0 or not poster:
             raise CorruptMedia(f"{path.name} has no readable video frames", field="avatar")
-        _write_reverse(forward, work / "reverse.mp4", w, h, fps, len(track))
         region = track_mouth_region(track.landmarks, w, h)
-        _write_crops(forward, work / "mouth.npy", w, h, region, len(track))
+        _write_reverse(forward, work / "reverse.mp4", work / "mouth.npy", region, w, h, fps, len(track))
         track.save(work / f"track-{self.settings.face_backend}.npz")
         write_jpeg(poster[0], work / "poster.jpg")
         return Avatar(avatar_id, name or path.stem, "video", sha, fps, w, h, len(track),
@@ -245,27 +244,16 @@ def _read_image(path: Path) -> np.ndarray:
     return image
 
 
-def _write_crops(forward: Path, out: Path, width: int, height: int, region: Region, n_frames: int) -> None:
-    """The mouth region of every frame as raw I420, so renders of this avatar decode nothing."""
-    crops = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8,
-                                      shape=(n_frames, region.height * 3 // 2, region.width))
-    count = 0
-    for count, crop in enumerate(read_frames(forward, width, height, pix_fmt="yuv420p", max_frames=n_frames,
-                                             crop=(region.x0, region.y0, region.width, region.height)), 1):
-        crops[count - 1] = crop
-    crops.flush()
-    del crops
-    if count != n_frames:
-        raise CorruptMedia(f"the template decoded to {count} frames for its mouth region, {n_frames} in all")
-
-
-def _write_reverse(forward: Path, out: Path, width: int, height: int, fps: float, n_frames: int) -> None:
+def _write_reverse(forward: Path, out: Path, crops_path: Path, region: Region, width: int, height: int,
+                   fps: float, n_frames: int) -> None:
     """Frames n-2 down to 1 of the forward copy (the turning points are not repeated), built chunk by
-    chunk so memory stays bounded. Forward then reverse, repeated, is the ping-pong."""
-    if n_frames <= 2:
-        return
-    chunk = KEYFRAME_INTERVAL
+    chunk so memory stays bounded; forward then reverse, repeated, is the ping-pong. The same pass
+    keeps every frame's mouth region as raw I420, so renders of this avatar decode nothing."""
+    crops = np.lib.format.open_memmap(crops_path, mode="w+", dtype=np.uint8,
+                                      shape=(n_frames, region.height * 3 // 2, region.width))
     wanted = range(n_frames - 2, 0, -1)
+    chunk = KEYFRAME_INTERVAL
+    seen = 0
     with VideoWriter(out, width=width, height=height, fps=fps, audio=None, crf=TEMPLATE_CRF,
                      keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True, pix_fmt="yuv420p") as writer:
         for start in range((n_frames - 1) // chunk * chunk, -1, -chunk):
@@ -273,9 +261,15 @@ def _write_reverse(forward: Path, out: Path, width: int, height: int, fps: float
             frames = list(itertools.islice(read_frames(forward, width, height, start_s=seek, pix_fmt="yuv420p",
                                                        max_frames=min(chunk, n_frames - start)), chunk))
             for index, frame in zip(range(start + len(frames) - 1, start - 1, -1), reversed(frames), strict=True):
+                crops[index] = crop(frame, width, height, region)
+                seen += 1
                 if index in wanted:
                     writer.write(frame)
-        if writer.frames_written != len(wanted):
-            raise CorruptMedia(
-                f"the template decoded to {writer.frames_written + 2} frames backwards, {n_frames} forwards")
-        writer.close()
+        crops.flush()
+        del crops
+        if seen != n_frames or writer.frames_written != len(wanted):
+            raise CorruptMedia(f"the template decoded to {seen} frames backwards, {n_frames} forwards")
+        if writer.frames_written:
+            writer.close()
+        else:  # a one- or two-frame template has no middle to play backwards
+            writer.abort()

@@ -59,14 +59,18 @@ def _planes(frame: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.
     return y, chroma[0], chroma[1]
 
 
-def read_region(frame: np.ndarray, width: int, height: int, r: Region) -> np.ndarray:
-    """The region as a BGR image."""
+def crop(frame: np.ndarray, width: int, height: int, r: Region) -> np.ndarray:
+    """The region as an I420 frame of its own."""
     y, u, v = _planes(frame, width, height)
     cy0, cy1, cx0, cx1 = r.y0 // 2, r.y1 // 2, r.x0 // 2, r.x1 // 2
-    small = np.concatenate([
+    return np.concatenate([
         y[r.y0:r.y1, r.x0:r.x1].ravel(), u[cy0:cy1, cx0:cx1].ravel(), v[cy0:cy1, cx0:cx1].ravel(),
     ]).reshape(r.height * 3 // 2, r.width)
-    return cv2.cvtColor(small, cv2.COLOR_YUV2BGR_I420)
+
+
+def read_region(frame: np.ndarray, width: int, height: int, r: Region) -> np.ndarray:
+    """The region as a BGR image."""
+    return cv2.cvtColor(crop(frame, width, height, r), cv2.COLOR_YUV2BGR_I420)
 
 
 def write_region(frame: np.ndarray, width: int, height: int, r: Region, image: np.ndarray) -> None:

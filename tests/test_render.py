@@ -251,3 +251,24 @@ def test_text_through_an_openai_compatible_server_and_piper(settings: EngineSett
     result = Engine(settings).render(RenderRequest(avatar="astronaut-photo", out=out, text=EN, tts="piper"))
     assert result.tts == "piper"
     assert_playable(out, result.speech_s + settings.lead_in_s + settings.lead_out_s)
+
+
+def test_kept_mouth_crops_match_the_template_frames(engine: Engine, storage: Path) -> None:
+    from engine.frames import crop
+
+    avatar = engine.avatars.get("astronaut")
+    template = engine.avatars.template(avatar)
+    assert template.mouth_crops is not None and len(template.mouth_crops) == avatar.n_frames
+    frames = list(read_frames(template.video_path, avatar.width, avatar.height, pix_fmt="yuv420p"))
+    for k in (0, 57, avatar.n_frames - 1):
+        expected = crop(frames[k], avatar.width, avatar.height, template.mouth_box)
+        np.testing.assert_array_equal(template.mouth_crops[k], expected)
+
+
+def test_a_two_frame_template_still_renders(tmp_path: Path, short_clip: Path) -> None:
+    tiny = tmp_path / "tiny.mp4"
+    ffmpeg("-i", str(short_clip), "-frames:v", "2", "-c:v", "libx264", str(tiny))
+    out = tmp_path / "out.mp4"
+    result = Engine(EngineSettings(storage_root=tmp_path / "s")).render(
+        RenderRequest(avatar=str(tiny), out=out, text="Hello there."))
+    assert_playable(out, result.duration_s)
