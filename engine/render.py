@@ -20,7 +20,7 @@ from .audio import decode_audio, pad, write_wav
 from .avatars import AvatarStore
 from .errors import EngineError, InvalidText, MediaTooLong, UnsupportedMedia
 from .lipsync.base import RenderContext, Renderer
-from .media import probe, validate_audio
+from .media import validate_audio
 from .pipeline import prefetch
 from .settings import EngineSettings, get_settings
 from .text import clean_text, detect_lang
@@ -202,12 +202,11 @@ class Engine:
             lap("encode")
         poster = out.with_suffix(".jpg")
         vtt, srt = subtitles.write(words, out) if req.subtitles and words else (None, None)
-        info = probe(out)
         lap("finalize")
         timings["total"] = time.perf_counter() - started
         progress("done", 1.0)
         return RenderResult(
-            video=out, poster=poster, duration_s=info.duration, speech_s=speech.duration, fps=fps,
+            video=out, poster=poster, duration_s=total_s, speech_s=speech.duration, fps=fps,
             width=out_size[0], height=out_size[1], n_frames=n_frames, size_bytes=out.stat().st_size,
             avatar_id=avatar.id, renderer=renderer.name, lang=lang, tts=tts_name, subtitles_vtt=vtt,
             subtitles_srt=srt, timings=timings, notes=notes,
