@@ -12,20 +12,12 @@ import cv2
 import numpy as np
 
 
-def i420_shape(width: int, height: int) -> tuple[int, int]:
-    return height * 3 // 2, width
-
-
 def to_bgr(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_YUV2BGR_I420)
 
 
 def from_bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
-
-
-def luma(frame: np.ndarray, height: int) -> np.ndarray:
-    return frame[:height]
 
 
 @dataclass(frozen=True)

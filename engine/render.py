@@ -21,7 +21,7 @@ from .avatars import AvatarStore
 from .errors import EngineError, InvalidText, MediaTooLong, UnsupportedMedia
 from .lipsync.base import RenderContext, Renderer
 from .media import validate_audio
-from .pipeline import prefetch
+from .prefetch import prefetch
 from .settings import EngineSettings, get_settings
 from .text import clean_text, detect_lang
 from .tts import get_backend as get_tts

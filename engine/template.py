@@ -20,7 +20,7 @@ import numpy as np
 from .animate import LivingPhoto
 from .face.base import FaceTrack
 from .frames import Region
-from .pipeline import prefetch
+from .prefetch import prefetch
 from .video import VideoWriter, read_frames
 
 
