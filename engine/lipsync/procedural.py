@@ -154,6 +154,9 @@ def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: flo
     new_lm = lm.astype(np.float32).copy()
     new_lm[idx] = dst_pts
     _paint_cavity(out, frame, lm.astype(np.float32), new_lm, mf)
+    target_gap = openness * MAX_GAP * mf.mouth_w
+    if target_gap < mf.gap:
+        _paint_closure(out, new_lm, 1.0 - target_gap / mf.gap, mf.mouth_w)
     return out
 
 
@@ -217,6 +220,44 @@ def _paint_cavity(out: np.ndarray, src: np.ndarray, old_lm: np.ndarray, lm: np.n
     alpha = (new_mask * strength)[..., None]
     region = out[by0:by1, bx0:bx1].astype(np.float32)
     out[by0:by1, bx0:bx1] = np.clip(region * (1 - alpha) + fill * alpha, 0, 255).astype(np.uint8)
+
+
+def _paint_closure(out: np.ndarray, lm: np.ndarray, amount: float, mouth_w: float) -> None:
+    """Lips meeting over whatever the template showed between them (a smile's teeth, say).
+
+    The warp alone cannot shut a mouth whose upper lip is raised: the inner-lip opening is drawn
+    over with the upper and lower lip colours meeting at a soft, darker seam, ``amount`` of the way.
+    """
+    inner = lm[60:68]
+    grow = max(1, round(0.03 * mouth_w))  # landmarks sit just inside the lip edge: cover it too
+    bx0, by0 = np.floor(inner.min(0)).astype(int) - 2 - grow
+    bx1, by1 = np.ceil(inner.max(0)).astype(int) + 3 + grow
+    h, w = out.shape[:2]
+    bx0, by0, bx1, by1 = max(bx0, 0), max(by0, 0), min(bx1, w), min(by1, h)
+    if bx1 - bx0 < 3 or by1 - by0 < 2 or amount <= 0.0:
+        return
+    origin = np.array([bx0, by0], np.float32)
+    size = (bx1 - bx0, by1 - by0)
+    upper = _mean_colour(out, np.concatenate([lm[48:55], lm[[64, 63, 62, 61, 60]]]))
+    lower = _mean_colour(out, np.concatenate([lm[[54, 55, 56, 57, 58, 59, 48]], lm[[60, 67, 66, 65, 64]]]))
+    ys, xs = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+    top = np.interp(xs, inner[[0, 1, 2, 3, 4], 0], inner[[0, 1, 2, 3, 4], 1])
+    bottom = np.interp(xs, inner[[0, 7, 6, 5, 4], 0], inner[[0, 7, 6, 5, 4], 1])
+    t = np.clip((ys - top) / np.maximum(bottom - top, 1.0), 0.0, 1.0)[..., None]
+    seam = 1.0 - 0.35 * np.exp(-(((t - 0.5) / 0.14) ** 2))
+    fill = (upper * (1.0 - t) + lower * t) * seam
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    cv2.fillPoly(mask, [np.round((inner - origin) * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    alpha = (cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.8) * amount)[..., None]
+    region = out[by0:by1, bx0:bx1].astype(np.float32)
+    out[by0:by1, bx0:bx1] = np.clip(region * (1 - alpha) + fill * alpha, 0, 255).astype(np.uint8)
+
+
+def _mean_colour(image: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 255)
+    return np.array(cv2.mean(image, mask=mask)[:3], np.float32)
 
 
 def _poly_mask(poly: np.ndarray, size: tuple[int, int]) -> np.ndarray:
