@@ -14,10 +14,12 @@ DEMO_OUT ?= out/demo.mp4
 
 setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 
-# Debian packages: ffprobe (media validation) and a font with CJK glyphs for burned-in subtitles.
-SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei
+# Debian packages: ffprobe (media validation), a font with CJK glyphs for burned-in subtitles, and
+# redis-server (the bridge's queue and replay store; tests start their own).
+SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server
 system-deps:
-	@if ! command -v ffprobe >/dev/null 2>&1 || [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
+	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1 || \
+	    [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
 	  echo "installing $(SYSTEM_PACKAGES) (Debian packages)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)' and retry" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \

@@ -1,0 +1,71 @@
+"""Probes: /livez says the process answers; /readyz says it can do work (Redis, storage)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+import redis
+from apiflask import APIBlueprint, Schema
+from apiflask.fields import Dict, String
+from flask import Response
+
+from bridge.api.deps import state
+from bridge.problems import NOT_READY, problem
+
+bp = APIBlueprint("health", __name__, tag="health")
+
+
+class LiveOut(Schema):
+    status = String(required=True, metadata={"example": "ok"})
+
+
+class ReadyOut(Schema):
+    status = String(required=True, metadata={"example": "ok"})
+    checks = Dict(keys=String(), values=String(), required=True, metadata={"example": {"redis": "ok"}})
+
+
+@bp.get("/livez")
+@bp.output(LiveOut)
+@bp.doc(summary="Liveness", description="The process answers. Checks no dependency, so a Redis blip never restarts it.")
+def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+@bp.output(ReadyOut)
+@bp.doc(summary="Readiness", description="Redis answers PING; the storage root is writable with enough free space.",
+        responses={503: "Not ready: the problem's detail and checks name what failed"})
+def readyz() -> dict[str, Any] | Response:
+    st = state()
+    checks = {"redis": _check_redis(st.redis), "storage": _check_storage()}
+    failed = [name for name, result in checks.items() if result != "ok"]
+    if failed:
+        detail = "not ready: " + "; ".join(f"{name}: {checks[name]}" for name in failed)
+        return problem(503, None, detail, NOT_READY, headers={"Retry-After": "5"}, checks=checks)
+    return {"status": "ok", "checks": checks}
+
+
+def _check_redis(client: redis.Redis) -> str:
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"unreachable ({type(exc).__name__})"
+    return "ok"
+
+
+def _check_storage() -> str:
+    settings = state().settings
+    root = settings.storage_root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".readyz-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+        free = shutil.disk_usage(root).free
+    except OSError as exc:
+        return f"not writable ({type(exc).__name__})"
+    if free < settings.min_free_bytes:
+        return f"low disk space ({free // 2**20} MiB free, {settings.min_free_bytes // 2**20} MiB required)"
+    return "ok"

@@ -1,0 +1,66 @@
+"""The app factory: settings in, a ready APIFlask app out (no globals, so tests build their own)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import redis
+from apiflask import APIFlask
+
+from bridge import problems
+from bridge.api import health, whoami
+from bridge.api.deps import SECURITY_SCHEME, BridgeState
+from bridge.auth import TOKEN_TYPE, RedisReplayStore, ReplayStore
+from bridge.keys import KeyStore, parse_env_keys
+from bridge.settings import BridgeSettings, get_settings
+
+HEALTH_TIMEOUT_S = 1.0
+
+
+def _version() -> str:
+    try:
+        return version("talking-head-server")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(
+    settings: BridgeSettings | None = None,
+    *,
+    replay_store: ReplayStore | None = None,
+    key_store: KeyStore | None = None,
+) -> APIFlask:
+    """Build the bridge app. Injected stores replace the ones the settings describe (tests, embedding)."""
+    settings = settings or get_settings()
+    app = APIFlask("bridge", title="Talking Head bridge", version=_version(),
+                   spec_path="/openapi.json", docs_path="/docs")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        AUTO_OPERATION_ID=True,
+        SECURITY_SCHEMES={
+            SECURITY_SCHEME: {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": f"Per-call HS256 JWT (typ {TOKEN_TYPE}) signed with an API key's secret; "
+                f"aud {settings.jwt_audience}, iss {settings.jwt_issuer}, lifetime at most "
+                f"{settings.jwt_max_lifetime_s} s, single-use jti.",
+            }
+        },
+    )
+    problems.register(app)
+
+    if key_store is None:
+        env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
+        key_store = KeyStore(settings.keys_path, env_keys)
+    app.extensions["bridge"] = BridgeState(
+        settings=settings,
+        keys=key_store,
+        replay_store=replay_store or RedisReplayStore(settings.redis_url, settings.redis_timeout_s),
+        redis=redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=HEALTH_TIMEOUT_S, socket_timeout=HEALTH_TIMEOUT_S
+        ),
+    )
+    app.register_blueprint(health.bp)
+    app.register_blueprint(whoami.bp)
+    return app

@@ -1,0 +1,79 @@
+"""``python -m bridge``: manage API keys and run the API server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from bridge.keys import KeyFileError, KeyStore, parse_env_keys
+from bridge.settings import BridgeSettings, get_settings
+
+
+def _keys_create(store: KeyStore, args: argparse.Namespace) -> int:
+    print(store.create(admin=args.admin))
+    return 0
+
+
+def _keys_list(store: KeyStore, args: argparse.Namespace) -> int:
+    rows = [("KID", "CREATED", "ADMIN", "REVOKED", "SOURCE")]
+    rows += [(k.kid, k.created_at or "-", "yes" if k.admin else "no", "yes" if k.revoked else "no", k.source)
+             for k in store.list()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _keys_revoke(store: KeyStore, args: argparse.Namespace) -> int:
+    try:
+        store.revoke(args.kid)
+    except KeyError:
+        print(f"error: no key with id {args.kid}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.kid}", file=sys.stderr)
+    return 0
+
+
+def _serve(settings: BridgeSettings) -> int:
+    """Waitress when installed (buffers bodies, 413 on chunked uploads), else Flask's development server."""
+    from bridge.app import create_app
+
+    app = create_app(settings)
+    try:
+        from waitress import serve  # type: ignore[import-not-found]
+    except ImportError:
+        print("waitress is not installed: using Flask's development server", file=sys.stderr)
+        app.run(host=settings.host, port=settings.port, threaded=True)
+    else:
+        serve(app, host=settings.host, port=settings.port)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bridge", description="Talking Head bridge")
+    commands = parser.add_subparsers(dest="command", required=True)
+    keys = commands.add_parser("keys", help="manage API keys (the keys file is BRIDGE_KEYS_FILE)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it (shown only this once)")
+    create.add_argument("--admin", action="store_true", help="tokens signed with this key are admin")
+    create.set_defaults(run=_keys_create)
+    key_commands.add_parser("list", help="list keys (never their secrets)").set_defaults(run=_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key; effective on the next request")
+    revoke.add_argument("kid")
+    revoke.set_defaults(run=_keys_revoke)
+    commands.add_parser("serve", help="run the API on BRIDGE_HOST:BRIDGE_PORT")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = get_settings()
+    if args.command == "serve":
+        return _serve(settings)
+    try:
+        env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
+        return int(args.run(KeyStore(settings.keys_path, env_keys), args))
+    except (KeyFileError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

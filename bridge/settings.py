@@ -1,0 +1,68 @@
+"""Bridge configuration: one settings object, read from the environment (prefix ``BRIDGE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_commas(value: Any) -> Any:
+    """Let list settings be written as ``a,b,c`` in the environment instead of JSON."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class BridgeSettings(BaseSettings):
+    """Every knob the bridge reads. Documented in bridge/README.md."""
+
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", env_file=".env", extra="ignore")
+
+    storage_root: Path = Field(Path("var"), description="Keys file and (later) job files live here.")
+    host: str = Field("127.0.0.1", description="Address `python -m bridge serve` listens on.")
+    port: int = Field(8808, ge=1, le=65535, description="Port `python -m bridge serve` listens on.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the jti replay store (later: queue).")
+    redis_timeout_s: float = Field(2.0, gt=0, description="Connect and command timeout for Redis calls.")
+
+    jwt_audience: str = Field("talking-head-bridge", description="Required `aud` claim of every token.")
+    jwt_issuer: str = Field("talking-head-dify-plugin", description="Required `iss` claim of every token.")
+    jwt_max_lifetime_s: int = Field(300, ge=1, description="Largest accepted `exp - iat`; tokens are per call.")
+    jwt_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew tolerated on exp, nbf and iat.")
+
+    keys_file: Path | None = Field(None, description="API keys (JSON, mode 0600). Default: <storage_root>/keys.json.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Extra API keys from the environment, comma-separated `thk_<kid>_<secret>`; merged with the file.",
+    )
+    admin_kids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Key ids (comma-separated) whose tokens carry the admin flag."
+    )
+
+    max_content_length: int = Field(16 * 1024 * 1024, ge=1, description="Largest request body in bytes (413 above).")
+    min_free_bytes: int = Field(1024**3, ge=0, description="/readyz fails when the storage root has less free space.")
+
+    @field_validator("api_keys", "admin_kids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _default_keys_file(self) -> BridgeSettings:
+        if self.keys_file is None:
+            self.keys_file = self.storage_root / "keys.json"
+        return self
+
+    @property
+    def keys_path(self) -> Path:
+        """The keys file, always set after validation (typed for callers)."""
+        assert self.keys_file is not None
+        return self.keys_file
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> BridgeSettings:
+    return BridgeSettings()
