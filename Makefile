@@ -3,6 +3,9 @@
 # .venv-plugin (the Dify plugin, Python 3.12).
 
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# This machine's pip configuration names index folders that may not exist; its warnings are noise.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 VENV := .venv
 PLUGIN_VENV := .venv-plugin
 PY := $(VENV)/bin/python
@@ -27,14 +30,14 @@ system-deps:
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { py=$$(scripts/find-python.sh 3.11) && $$py -m venv $(VENV); }
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[piper,dev]'
+	$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
+	$(PY) -m pip install -q -e '.[piper,dev]' $(QUIET_PIP)
 	@touch $@
 
 $(PLUGIN_VENV)/.installed: requirements.txt
 	@test -x $(PLUGIN_VENV)/bin/python || { py=$$(scripts/find-python.sh 3.12) && $$py -m venv $(PLUGIN_VENV); }
-	$(PLUGIN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PLUGIN_VENV)/bin/python -m pip install -q -r requirements.txt
+	$(PLUGIN_VENV)/bin/python -m pip install -q --upgrade pip $(QUIET_PIP)
+	$(PLUGIN_VENV)/bin/python -m pip install -q -r requirements.txt $(QUIET_PIP)
 	@touch $@
 
 samples: $(VENV)/.installed
