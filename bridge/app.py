@@ -8,11 +8,16 @@ import redis
 from apiflask import APIFlask
 
 from bridge import problems
-from bridge.api import health, whoami
+from bridge.api import files, health, jobs, whoami
 from bridge.api.deps import SECURITY_SCHEME, BridgeState
 from bridge.auth import TOKEN_TYPE, RedisReplayStore, ReplayStore
+from bridge.db import Database
 from bridge.keys import KeyStore, parse_env_keys
+from bridge.links import LinkSigner, install_log_redaction, load_link_secret
 from bridge.settings import BridgeSettings, get_settings
+from bridge.storage import Storage
+from bridge.tasks import make_celery
+from engine import EngineSettings
 
 HEALTH_TIMEOUT_S = 1.0
 
@@ -29,8 +34,13 @@ def create_app(
     *,
     replay_store: ReplayStore | None = None,
     key_store: KeyStore | None = None,
+    engine_settings: EngineSettings | None = None,
 ) -> APIFlask:
-    """Build the bridge app. Injected stores replace the ones the settings describe (tests, embedding)."""
+    """Build the bridge app. Injected stores replace the ones the settings describe (tests, embedding).
+
+    ``engine_settings`` (default: ``ENGINE_*`` from the environment) is read only to validate avatars and
+    text limits before a job is queued; the worker renders with its own.
+    """
     settings = settings or get_settings()
     app = APIFlask("bridge", title="Talking Head bridge", version=_version(),
                    spec_path="/openapi.json", docs_path="/docs")
@@ -53,6 +63,10 @@ def create_app(
     if key_store is None:
         env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
         key_store = KeyStore(settings.keys_path, env_keys)
+    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.database)
+    database.create_all()
+    install_log_redaction()
     app.extensions["bridge"] = BridgeState(
         settings=settings,
         keys=key_store,
@@ -60,7 +74,14 @@ def create_app(
         redis=redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=HEALTH_TIMEOUT_S, socket_timeout=HEALTH_TIMEOUT_S
         ),
+        db=database,
+        storage=Storage(settings.storage_root),
+        links=LinkSigner(load_link_secret(settings), settings.base_url, settings.link_ttl_s),
+        celery=make_celery(settings, publisher=True),
+        engine_settings=engine_settings or EngineSettings(),
     )
     app.register_blueprint(health.bp)
     app.register_blueprint(whoami.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(files.bp)
     return app

@@ -1,8 +1,9 @@
-"""``python -m bridge``: manage API keys and run the API server."""
+"""``python -m bridge``: manage API keys, run the API server, run a render worker."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +51,18 @@ def _serve(settings: BridgeSettings) -> int:
     return 0
 
 
+def _worker(settings: BridgeSettings) -> int:
+    """One prefork child per worker: time limits need prefork, and one child owns the engine's models."""
+    from bridge.tasks import make_celery
+
+    app = make_celery(settings)
+    app.worker_main([
+        "worker", "-P", "prefork", "-c", "1", "-Q", settings.queue, "--loglevel", "INFO", "-O", "fair",
+        "-n", f"{settings.queue}-{os.getpid()}@%h", "--without-mingle", "--without-gossip",
+    ])
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bridge", description="Talking Head bridge")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("kid")
     revoke.set_defaults(run=_keys_revoke)
     commands.add_parser("serve", help="run the API on BRIDGE_HOST:BRIDGE_PORT")
+    commands.add_parser("worker", help="run a Celery render worker on BRIDGE_QUEUE (needs Redis)")
     return parser
 
 
@@ -71,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     if args.command == "serve":
         return _serve(settings)
+    if args.command == "worker":
+        return _worker(settings)
     try:
         env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
         return int(args.run(KeyStore(settings.keys_path, env_keys), args))

@@ -45,6 +45,21 @@ class BridgeSettings(BaseSettings):
     max_content_length: int = Field(16 * 1024 * 1024, ge=1, description="Largest request body in bytes (413 above).")
     min_free_bytes: int = Field(1024**3, ge=0, description="/readyz fails when the storage root has less free space.")
 
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the job table. Default: SQLite file <storage_root>/bridge.db (WAL)."
+    )
+    broker_url: str | None = Field(None, description="Celery broker (Redis). Default: redis_url.")
+    queue: str = Field("render", min_length=1, description="Celery queue render jobs go to and workers consume.")
+    job_time_limit_s: int = Field(900, ge=10, description="Hard per-job time limit; the soft limit comes earlier.")
+    job_max_attempts: int = Field(3, ge=1, description="Deliveries before a job that keeps killing workers fails.")
+    link_secret: SecretStr | None = Field(
+        None, description="HMAC key for download links. Default: 32 random bytes kept in <storage_root>/link.key."
+    )
+    link_ttl_s: int = Field(3600, ge=1, description="Lifetime of a download link minted by GET /v1/jobs/{id}.")
+    public_base_url: str | None = Field(
+        None, description="Scheme, host and port clients reach the bridge on. Default: http://{host}:{port}."
+    )
+
     @field_validator("api_keys", "admin_kids", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -55,6 +70,23 @@ class BridgeSettings(BaseSettings):
         if self.keys_file is None:
             self.keys_file = self.storage_root / "keys.json"
         return self
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{(self.storage_root / 'bridge.db').resolve()}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def job_soft_time_limit_s(self) -> int:
+        """Leaves the task time to record a clean failure before the hard limit kills the process."""
+        return max(self.job_time_limit_s - 60, int(self.job_time_limit_s * 0.9))
 
     @property
     def keys_path(self) -> Path:

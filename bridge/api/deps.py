@@ -8,12 +8,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import redis
+from celery import Celery
 from flask import current_app, g, request
 
 from bridge.auth import SCOPES, AuthError, Claims, ReplayStore, ReplayStoreUnavailable, verify_token
+from bridge.db import Database
 from bridge.keys import KeyFileError, KeyStore
+from bridge.links import LinkSigner
 from bridge.problems import INSUFFICIENT_SCOPE, INVALID_TOKEN, UNAVAILABLE, problem
 from bridge.settings import BridgeSettings
+from bridge.storage import Storage
+from engine import EngineSettings
 
 SECURITY_SCHEME = "BearerAuth"
 """Name of the OpenAPI security scheme; protected views declare ``@bp.doc(security=SECURITY_SCHEME)``."""
@@ -30,6 +35,11 @@ class BridgeState:
     keys: KeyStore
     replay_store: ReplayStore
     redis: redis.Redis
+    db: Database
+    storage: Storage
+    links: LinkSigner
+    celery: Celery
+    engine_settings: EngineSettings
 
 
 def state() -> BridgeState:

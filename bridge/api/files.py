@@ -1,0 +1,41 @@
+"""GET /files/<job_id>/<name>: serve a job output to whoever holds a valid signed link (no token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint, Schema
+from apiflask.fields import Integer, String
+from flask import Response, current_app, send_file
+
+from bridge.api.deps import state
+from bridge.links import BAD_LINK
+from bridge.problems import problem
+from bridge.storage import JOB_ID, OUTPUT_NAMES
+
+bp = APIBlueprint("files", __name__, tag="files")
+
+
+class LinkQuery(Schema):
+    exp = Integer(required=True, metadata={"description": "Expiry, seconds since the epoch."})
+    sig = String(required=True, metadata={"description": "Hex HMAC-SHA256 over job id, name and expiry."})
+
+
+@bp.get("/files/<job_id>/<name>")
+@bp.input(LinkQuery, location="query", arg_name="query")
+@bp.output({}, content_type="application/octet-stream",
+           description="The file, as an attachment (video/mp4, image/jpeg, text/vtt or application/x-subrip).")
+@bp.doc(summary="Download a job output through a signed link",
+        responses={403: "The signature is wrong or the link has expired", 404: "No such file"})
+def download(job_id: str, name: str, query: dict[str, Any]) -> Response:
+    if not JOB_ID.fullmatch(job_id) or name not in OUTPUT_NAMES:
+        return problem(404, None, "There is no resource at this URL.")
+    st = state()
+    reason = st.links.verify(job_id, name, query["exp"], query["sig"])
+    if reason is not None:
+        current_app.logger.info("refused a download link for job %s (%s)", job_id, name)
+        return problem(403, None, reason, BAD_LINK, code="bad_link")
+    path = st.storage.output_path(job_id, name)
+    if not path.is_file():
+        return problem(404, None, "That job has no such file (yet).")
+    return send_file(path, mimetype=OUTPUT_NAMES[name], as_attachment=True, download_name=name, max_age=0)

@@ -1,0 +1,235 @@
+"""The job table: the source of truth for every job. Celery only carries job ids.
+
+Every state change a worker makes is a compare-and-set on ``attempts``, so a redelivered task
+(a worker that died, a visibility timeout that ran out) can never overwrite a newer attempt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    event,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
+STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+ACTIVE: tuple[str, ...] = ("queued", "running")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite drops the offset, so store naive UTC and re-attach it)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("sub", "idempotency_key", name="uq_jobs_sub_idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sub: Mapped[str] = mapped_column(String(255), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    stage: Mapped[str | None] = mapped_column(String(32), default=None)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    """Set once the broker took the message; None means a submit hit a broker outage."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    jobs: list[Job]
+    next_after: tuple[datetime, str] | None
+    """(created_at, id) of the last job when more may follow; the API turns it into an opaque cursor."""
+
+
+class IdempotencyConflict(Exception):
+    """The same Idempotency-Key was used by this sub with a different request body."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"idempotency key already used for job {job.id} with a different request")
+        self.job = job
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets the API read while a worker writes; busy_timeout waits out the other writer instead of failing."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Database:
+    """One SQLAlchemy engine plus the few queries the bridge needs. Build one per process (not across fork)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_all(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._session()
+
+    def create_job(
+        self, sub: str, inputs: dict[str, Any], *, idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Insert a queued job; returns (job, created). An existing job under the same key is returned as is.
+
+        Raises IdempotencyConflict when the key was used with a different fingerprint.
+        """
+        if idempotency_key is not None:
+            existing = self._by_key(sub, idempotency_key)
+            if existing is not None:
+                return self._same_request(existing, fingerprint), False
+        now = utcnow()
+        job = Job(id=uuid.uuid4().hex, sub=sub, status="queued", stage=None, progress=0.0, attempts=0,
+                  inputs=inputs, outputs=[], idempotency_key=idempotency_key, request_fingerprint=fingerprint,
+                  created_at=now, updated_at=now)
+        try:
+            with self.session() as session, session.begin():
+                session.add(job)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            existing = self._by_key(sub, idempotency_key)  # lost a race with the same key
+            if existing is None:
+                raise
+            return self._same_request(existing, fingerprint), False
+        return job, True
+
+    @staticmethod
+    def _same_request(job: Job, fingerprint: str | None) -> Job:
+        if job.request_fingerprint != fingerprint:
+            raise IdempotencyConflict(job)
+        return job
+
+    def _by_key(self, sub: str, key: str) -> Job | None:
+        with self.session() as session:
+            return session.scalars(select(Job).where(Job.sub == sub, Job.idempotency_key == key)).first()
+
+    def get_job(self, job_id: str, sub: str | None = None) -> Job | None:
+        """The job, or None when it does not exist or belongs to another sub (``sub=None``: any owner)."""
+        with self.session() as session:
+            job = session.get(Job, job_id)
+        if job is None or (sub is not None and job.sub != sub):
+            return None
+        return job
+
+    def list_jobs(self, sub: str, after: tuple[datetime, str] | None = None, limit: int = 20) -> Page:
+        """Newest first, keyset-paginated on (created_at, id) so inserts never shift a page."""
+        query = select(Job).where(Job.sub == sub)
+        if after is not None:
+            created, job_id = after
+            query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        with self.session() as session:
+            jobs: Sequence[Job] = session.scalars(query).all()
+        page = list(jobs[:limit])
+        more = len(jobs) > limit
+        return Page(page, (page[-1].created_at, page[-1].id) if more and page else None)
+
+    def mark_dispatched(self, job_id: str) -> None:
+        with self.session() as session, session.begin():
+            session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))
+
+    def claim(self, job_id: str, attempt: int) -> int | None:
+        """queued/running → running with attempts+1, only if attempts is still ``attempt``. The new attempt or None."""
+        now = utcnow()
+        with self.session() as session, session.begin():
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(ACTIVE))
+                .values(status="running", attempts=attempt + 1, stage="starting", progress=0.0,
+                        started_at=now, updated_at=now)
+            )
+        return attempt + 1 if result.rowcount == 1 else None  # type: ignore[attr-defined]
+
+    def update_progress(self, job_id: str, attempt: int, stage: str, progress: float) -> bool:
+        with self.session() as session, session.begin():
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+                .values(stage=stage[:32], progress=max(0.0, min(1.0, progress)), updated_at=utcnow())
+            )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def finish(
+        self, job_id: str, attempt: int, status: Status, *, outputs: list[dict[str, Any]] | None = None,
+        error: dict[str, str] | None = None,
+    ) -> bool:
+        """Move an active job still at ``attempt`` to a terminal status; False when a newer attempt owns it."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status!r} is not a terminal status")
+        now = utcnow()
+        values: dict[str, Any] = {"status": status, "updated_at": now, "finished_at": now,
+                                  "stage": "done" if status == "succeeded" else status}
+        if status == "succeeded":
+            values.update(progress=1.0, outputs=outputs or [], error_code=None, error_message=None)
+        if error is not None:
+            values.update(error_code=error.get("code"), error_message=error.get("message"))
+        with self.session() as session, session.begin():
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(ACTIVE)).values(**values)
+            )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]

@@ -1,0 +1,181 @@
+"""Celery transport for render jobs. The job table is the truth; a message only carries a job id.
+
+Settings follow shared/notes/bridge-jobs-security.md §3: late acks plus reject-on-worker-lost, so a
+killed worker child gets its job redelivered at once; prefetch 1, so a queued job never waits behind a
+long one on a busy worker; a visibility timeout longer than the hard time limit, so Redis never hands a
+job that is still running to a second worker. A redelivery is safe because every row change is a
+compare-and-set on ``attempts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from celery.utils.log import get_logger, get_task_logger
+
+from bridge.db import TERMINAL, Database, Job
+from bridge.settings import BridgeSettings
+from bridge.storage import OUTPUT_NAMES, Storage
+from engine import Engine, EngineError, EngineSettings, RenderRequest, RenderResult
+from engine.avatars import check_id
+
+RENDER_TASK = "bridge.render_job"
+VISIBILITY_MARGIN_S = 300
+PROGRESS_INTERVAL_S = 0.5
+
+log = get_task_logger(__name__)
+process_log = get_logger(__name__ + ".process")
+
+
+def make_celery(settings: BridgeSettings, *, publisher: bool = False) -> Celery:
+    """The Celery app for both sides: the API publishes ``render_job``, ``python -m bridge worker`` runs it.
+
+    ``publisher=True`` (the API) fails a publish at once when Redis is down, so the client gets a 503
+    instead of a request stuck in kombu's connection retries.
+    """
+    app = Celery("bridge", broker=settings.broker, set_as_current=False)
+    limit = settings.job_time_limit_s
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=limit,
+        task_soft_time_limit=settings.job_soft_time_limit_s,
+        broker_transport_options={
+            "visibility_timeout": limit + VISIBILITY_MARGIN_S,
+            "socket_connect_timeout": settings.redis_timeout_s,
+            **({"max_retries": 0} if publisher else {}),
+        },
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        task_publish_retry=False,
+        worker_send_task_events=False,
+    )
+    if app.conf.broker_transport_options["visibility_timeout"] <= limit:
+        raise RuntimeError("the visibility timeout must exceed the job time limit, or jobs run twice")
+    runner = JobRunner(settings)
+
+    @app.task(name=RENDER_TASK, ignore_result=True)
+    def render_job(job_id: str) -> None:
+        runner.run(job_id)
+
+    worker_process_init.connect(runner.warm_up)  # weak: the receiver lives exactly as long as this app
+    return app
+
+
+@dataclass
+class JobRunner:
+    """Runs one job in a worker child. The engine and DB connections are built once per process."""
+
+    settings: BridgeSettings
+    _pid: int = field(default=0, init=False)
+    _db: Database | None = field(default=None, init=False)
+    _engine: Engine | None = field(default=None, init=False)
+
+    def _resources(self) -> tuple[Database, Engine]:
+        """Per process, never inherited across fork (SQLite handles and models must not be shared)."""
+        if self._pid != os.getpid() or self._db is None or self._engine is None:
+            self._pid = os.getpid()
+            self._db = Database(self.settings.database)
+            self._engine = Engine(EngineSettings())
+        return self._db, self._engine
+
+    def warm_up(self, **_: Any) -> None:
+        """Load the renderer's models in the child before the first job, not inside it."""
+        _, engine = self._resources()
+        engine.renderer()
+        process_log.info("render engine loaded in process %d (renderer %s)", os.getpid(), engine.settings.renderer)
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(self.settings.storage_root)
+
+    def run(self, job_id: str) -> None:
+        db, engine = self._resources()
+        job = db.get_job(job_id)
+        if job is None:
+            log.warning("job %s is not in the table; dropping the message", job_id)
+            return
+        if job.status in TERMINAL:
+            log.info("job %s is already %s; nothing to do", job_id, job.status)
+            return
+        if job.attempts >= self.settings.job_max_attempts:
+            db.finish(job_id, job.attempts, "failed", error={
+                "code": "too_many_attempts",
+                "message": f"the job stopped its worker {job.attempts} times and will not be retried"})
+            log.error("job %s gave up after %d attempts", job_id, job.attempts)
+            return
+        attempt = db.claim(job_id, job.attempts)
+        if attempt is None:
+            log.info("job %s was claimed by another delivery", job_id)
+            return
+        log.info("job %s attempt %d started", job_id, attempt)
+        work = self.storage.work_dir(job_id, attempt)
+        try:
+            outputs = self._render(db, engine, job, attempt, work)
+        except SoftTimeLimitExceeded:
+            db.finish(job_id, attempt, "failed", error={
+                "code": "time_limit", "message": f"the job ran past its {self.settings.job_time_limit_s} s limit"})
+            log.error("job %s attempt %d hit the time limit", job_id, attempt)
+        except EngineError as err:
+            db.finish(job_id, attempt, "failed", error={"code": err.code, "message": str(err)})
+            log.info("job %s attempt %d failed: %s", job_id, attempt, err.code)
+        except Exception:
+            log.exception("job %s attempt %d crashed", job_id, attempt)
+            db.finish(job_id, attempt, "failed", error={
+                "code": "internal_error", "message": "the render failed unexpectedly; the error has been logged"})
+        else:
+            if db.finish(job_id, attempt, "succeeded", outputs=outputs):
+                log.info("job %s attempt %d succeeded", job_id, attempt)
+            else:
+                log.warning("job %s attempt %d finished but a newer attempt owns the row", job_id, attempt)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                work.parent.rmdir()  # only when no other attempt's scratch is left
+
+    def _render(self, db: Database, engine: Engine, job: Job, attempt: int, work: Path) -> list[dict[str, Any]]:
+        inputs = job.inputs
+        avatar_id = check_id(str(inputs["avatar_id"]))  # an id, never a path: RenderRequest takes either
+        work.mkdir(parents=True, exist_ok=True)
+        request = RenderRequest(
+            avatar=avatar_id, out=work / "video.mp4", text=inputs["text"], lang=inputs.get("lang", "auto"),
+            voice=inputs.get("voice"), speed=float(inputs.get("speed", 1.0)),
+            resolution=inputs.get("resolution", "source"), subtitles=bool(inputs.get("subtitles", False)),
+        )
+        last = 0.0
+
+        def progress(stage: str, fraction: float) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= PROGRESS_INTERVAL_S:
+                last = now
+                db.update_progress(job.id, attempt, stage, fraction)
+
+        result = engine.render(request, progress)
+        return [self._publish(job.id, result)]
+
+    def _publish(self, job_id: str, result: RenderResult) -> dict[str, Any]:
+        storage = self.storage
+        storage.publish(job_id, "video.mp4", result.video)
+        files: dict[str, str | None] = {"poster": None, "subtitles_vtt": None, "subtitles_srt": None}
+        for key, name, source in (("poster", "poster.jpg", result.poster),
+                                  ("subtitles_vtt", "subtitles.vtt", result.subtitles_vtt),
+                                  ("subtitles_srt", "subtitles.srt", result.subtitles_srt)):
+            if source is not None and source.is_file():
+                storage.publish(job_id, name, source)
+                files[key] = name
+        return {"avatar_id": result.avatar_id, "name": "video.mp4", **files,
+                "duration_s": round(result.duration_s, 3), "width": result.width, "height": result.height,
+                "size_bytes": storage.output_path(job_id, "video.mp4").stat().st_size,
+                "mime": OUTPUT_NAMES["video.mp4"]}
