@@ -30,14 +30,16 @@ system-deps:
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { py=$$(scripts/find-python.sh 3.11) && $$py -m venv $(VENV); }
-	$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
-	$(PY) -m pip install -q -e '.[piper,dev]' $(QUIET_PIP)
+	@echo "installing the server environment ($(VENV), Python 3.11)"
+	@$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
+	@$(PY) -m pip install -q -e '.[piper,dev]' $(QUIET_PIP)
 	@touch $@
 
 $(PLUGIN_VENV)/.installed: requirements.txt
 	@test -x $(PLUGIN_VENV)/bin/python || { py=$$(scripts/find-python.sh 3.12) && $$py -m venv $(PLUGIN_VENV); }
-	$(PLUGIN_VENV)/bin/python -m pip install -q --upgrade pip $(QUIET_PIP)
-	$(PLUGIN_VENV)/bin/python -m pip install -q -r requirements.txt $(QUIET_PIP)
+	@echo "installing the plugin environment ($(PLUGIN_VENV), Python 3.12)"
+	@$(PLUGIN_VENV)/bin/python -m pip install -q --upgrade pip $(QUIET_PIP)
+	@$(PLUGIN_VENV)/bin/python -m pip install -q -r requirements.txt $(QUIET_PIP)
 	@touch $@
 
 samples: $(VENV)/.installed
