@@ -45,9 +45,9 @@ $(PLUGIN_VENV)/.installed: requirements.txt
 samples: $(VENV)/.installed
 	@$(PY) -m engine avatars samples >/dev/null
 
+# Goes through the bridge: `python -m bridge up`, a fresh API key, a text job, the signed link.
 demo: setup
-	@mkdir -p $(dir $(DEMO_OUT))
-	@$(PY) -m engine render --text "$(DEMO_TEXT)" --avatar astronaut --out $(DEMO_OUT) --subtitles
+	@$(PY) scripts/demo.py --text "$(DEMO_TEXT)" --out $(DEMO_OUT)
 
 test: setup
 	$(PY) -m pytest -q

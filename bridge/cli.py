@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.set_defaults(run=_keys_revoke)
     commands.add_parser("serve", help="run the API on BRIDGE_HOST:BRIDGE_PORT")
     commands.add_parser("worker", help="run a Celery render worker on BRIDGE_QUEUE (needs Redis)")
+    commands.add_parser("up", help="one machine: a local Redis, one worker and the API; Ctrl-C stops all")
     return parser
 
 
@@ -87,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "worker":
         return _worker(settings)
+    if args.command == "up":
+        from bridge.up import run
+
+        return run(settings)
     try:
         env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
         return int(args.run(KeyStore(settings.keys_path, env_keys), args))

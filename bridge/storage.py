@@ -24,7 +24,7 @@ JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 class Storage:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # absolute: Flask resolves relative paths against the package
 
     @staticmethod
     def check_job_id(job_id: str) -> str:

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
@@ -25,8 +25,12 @@ from celery.utils.log import get_logger, get_task_logger
 from bridge.db import TERMINAL, Database, Job
 from bridge.settings import BridgeSettings
 from bridge.storage import OUTPUT_NAMES, Storage
-from engine import Engine, EngineError, EngineSettings, RenderRequest, RenderResult
 from engine.avatars import check_id
+from engine.errors import EngineError
+from engine.settings import EngineSettings
+
+if TYPE_CHECKING:  # the render stack loads in workers only, not in the API that publishes jobs
+    from engine.render import Engine, RenderResult
 
 RENDER_TASK = "bridge.render_job"
 VISIBILITY_MARGIN_S = 300
@@ -85,6 +89,8 @@ class JobRunner:
     def _resources(self) -> tuple[Database, Engine]:
         """Per process, never inherited across fork (SQLite handles and models must not be shared)."""
         if self._pid != os.getpid() or self._db is None or self._engine is None:
+            from engine.render import Engine
+
             self._pid = os.getpid()
             self._db = Database(self.settings.database)
             self._engine = Engine(EngineSettings())
@@ -145,6 +151,8 @@ class JobRunner:
                 work.parent.rmdir()  # only when no other attempt's scratch is left
 
     def _render(self, db: Database, engine: Engine, job: Job, attempt: int, work: Path) -> list[dict[str, Any]]:
+        from engine.render import RenderRequest
+
         inputs = job.inputs
         avatar_id = check_id(str(inputs["avatar_id"]))  # an id, never a path: RenderRequest takes either
         work.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,74 @@
+"""`python -m bridge up` and `make demo`'s client: the one-machine stack, as an admin would run it."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from engine import EngineSettings
+from tests.bridge_fixtures import free_port
+from tests.conftest import REPO, ffprobe
+
+
+def stack_env(tmp_path: Path, settings: EngineSettings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "ENGINE_"))}
+    env.update(BRIDGE_STORAGE_ROOT=str(tmp_path / "bridge"), BRIDGE_PORT=str(free_port()),
+               BRIDGE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", ENGINE_STORAGE_ROOT=str(settings.storage_root))
+    return env
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.3)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_is_ready_within_ten_seconds_and_ctrl_c_stops_everything(tmp_path: Path,
+                                                                      settings: EngineSettings) -> None:
+    env = stack_env(tmp_path, settings)
+    api_port, redis_port = int(env["BRIDGE_PORT"]), int(env["BRIDGE_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    started = time.monotonic()
+    stack = subprocess.Popen([sys.executable, "-m", "bridge", "up"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ready_after = None
+        while time.monotonic() - started < 10:
+            try:
+                if requests.get(f"http://127.0.0.1:{api_port}/readyz", timeout=1).status_code == 200:
+                    ready_after = time.monotonic() - started
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        assert ready_after is not None, "the embedded bridge was not ready within 10 s"
+        assert port_open(redis_port), "up must start its own Redis"
+        assert stack.stdout is not None
+        readable, _, _ = select.select([stack.stdout], [], [], 10)
+        assert readable, "up must say where it listens once it is ready"
+        assert stack.stdout.readline().startswith(f"bridge up on http://127.0.0.1:{api_port}".encode())
+    finally:
+        os.killpg(stack.pid, signal.SIGINT)
+        output, _ = stack.communicate(timeout=30)
+    assert stack.returncode == 0, output.decode(errors="replace")
+    assert b"bridge stopped" in output
+    assert not port_open(api_port) and not port_open(redis_port), "Ctrl-C must stop the API and Redis"
+
+
+def test_demo_client_goes_through_the_bridge(tmp_path: Path, settings: EngineSettings) -> None:
+    out = tmp_path / "demo.mp4"
+    run = subprocess.run([sys.executable, "scripts/demo.py", "--text", "Hello from the bridge.", "--avatar",
+                          "astronaut-photo", "--out", str(out)], cwd=REPO, env=stack_env(tmp_path, settings),
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"{out}  (" in run.stdout and "/files/" in run.stdout
+    assert "sig=" not in run.stdout, "a signed link is a credential: never printed whole"
+    streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(out)["streams"]}
+    assert streams == {"video": "h264", "audio": "aac"}
