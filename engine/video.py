@@ -81,7 +81,8 @@ def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
                 yield np.frombuffer(buf, np.uint8).reshape(shape)
         finally:
             proc.stdout.close()
-            proc.kill() if proc.poll() is None else None
+            if proc.poll() is None:
+                proc.kill()
             code = proc.wait()
         if code not in (0, -9):
             err.seek(0)

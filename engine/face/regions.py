@@ -6,13 +6,21 @@ import numpy as np
 
 from ..frames import Region
 
+MOUTH_SLACK = 0.02  # extra margin (of face height) around the warp, for the patch handed to the encoder
+
+
+def mouth_bounds(lm: np.ndarray, slack: float = 0.0) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 of the area a mouth warp moves: just under the nose to below the chin, jaw to jaw."""
+    face_h = float(np.linalg.norm(lm[8] - lm[27]))
+    side, top, bottom = (0.10 + slack) * face_h, (0.05 + slack) * face_h, (0.45 + slack) * face_h
+    x0, x1 = min(lm[3, 0], lm[13, 0]) - side, max(lm[3, 0], lm[13, 0]) + side
+    y0 = min(lm[33, 1] - top, lm[3, 1], lm[13, 1])
+    return x0, y0, x1, lm[8, 1] + bottom
+
 
 def mouth_region(lm: np.ndarray, width: int, height: int) -> Region:
-    """Where a mouth edit may reach in one frame: nose tip to below the chin, jaw to jaw."""
-    face_h = float(np.linalg.norm(lm[8] - lm[27]))
-    x0, x1 = min(lm[3, 0], lm[13, 0]) - 0.12 * face_h, max(lm[3, 0], lm[13, 0]) + 0.12 * face_h
-    y0 = min(lm[33, 1] - 0.07 * face_h, lm[3, 1], lm[13, 1])
-    return Region.around(x0, y0, x1, lm[8, 1] + 0.47 * face_h, width, height)
+    """Where a mouth edit may reach in one frame, with a little slack, on even pixels."""
+    return Region.around(*mouth_bounds(lm, MOUTH_SLACK), width, height)
 
 
 def track_mouth_region(landmarks: np.ndarray, width: int, height: int) -> Region:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..face.regions import mouth_region, track_mouth_region
+from ..face.regions import mouth_bounds, mouth_region, track_mouth_region
 from ..frames import Region, read_region, write_region
 from .base import RenderContext, Renderer
 from .visemes import trajectory
@@ -63,13 +63,21 @@ def mouth_frame(lm: np.ndarray) -> MouthFrame:
     if np.dot(v, lm[8] - lm[33]) < 0:
         v = -v
     face_h = float(np.linalg.norm(lm[8] - lm[27]))
-    gap = float(np.mean([(lm[lo] - lm[up]) @ v for up, lo in ((61, 67), (62, 66), (63, 65))]))
-    return MouthFrame(lm, u, v, mouth_w, face_h, max(gap, 0.0))
+    return MouthFrame(lm, u, v, mouth_w, face_h, max(inner_gap(lm, v), 0.0))
+
+
+def inner_gap(lm: np.ndarray, v: np.ndarray) -> float:
+    """Distance between the inner lips along ``v`` (towards the chin), averaged over three pairs."""
+    return float(np.mean([(lm[lo] - lm[up]) @ v for up, lo in ((61, 67), (62, 66), (63, 65))]))
+
+
+def target_gap(mf: MouthFrame, openness: float) -> float:
+    return openness * MAX_GAP * mf.mouth_w
 
 
 def target_displacements(mf: MouthFrame, openness: float, spread: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the landmarks that move and their displacements (pixels) for the wanted shape."""
-    delta = openness * MAX_GAP * mf.mouth_w - mf.gap
+    delta = target_gap(mf, openness) - mf.gap
     lower, upper = 0.8 * delta, 0.2 * delta
     side = (0.07 if spread > 0 else 0.1) * spread * mf.mouth_w
     # Rounded lips push forward: seen from the front the lips thicken a little.
@@ -115,11 +123,8 @@ def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: flo
     mf = mouth_frame(lm.astype(np.float32))
     idx, disp = target_displacements(mf, openness, spread)
     h, w = frame.shape[:2]
-    nose_y = float(lm[33, 1] - 0.05 * mf.face_h)
-    x0 = int(max(0, min(lm[3, 0], lm[13, 0]) - 0.1 * mf.face_h))
-    x1 = int(min(w, max(lm[3, 0], lm[13, 0]) + 0.1 * mf.face_h))
-    y0 = int(max(0, min(nose_y, lm[3, 1], lm[13, 1])))
-    y1 = int(min(h, lm[8, 1] + 0.45 * mf.face_h))
+    bx0, by0, bx1, by1 = mouth_bounds(lm)
+    x0, y0, x1, y1 = int(max(0, bx0)), int(max(0, by0)), int(min(w, bx1)), int(min(h, by1))
     if x1 - x0 < 8 or y1 - y0 < 8:
         return frame.copy()
 
@@ -136,7 +141,8 @@ def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: flo
     # Opening: interpolate the backward map at the (well separated) destination points.
     # Closing: the destinations coincide, so interpolate the forward field at the sources and
     # invert it with one fixed-point step.
-    if openness * MAX_GAP * mf.mouth_w >= mf.gap:
+    wanted = target_gap(mf, openness)
+    if wanted >= mf.gap:
         back = _rbf(np.concatenate([dst_pts, fixed]), np.concatenate([-disp, zeros]), sigma)
         field = back(cxs, cys)
     else:
@@ -154,9 +160,8 @@ def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: flo
     new_lm = lm.astype(np.float32).copy()
     new_lm[idx] = dst_pts
     _paint_cavity(out, frame, lm.astype(np.float32), new_lm, mf)
-    target_gap = openness * MAX_GAP * mf.mouth_w
-    if target_gap < mf.gap:
-        _paint_closure(out, new_lm, 1.0 - target_gap / mf.gap, mf.mouth_w)
+    if wanted < mf.gap:
+        _paint_closure(out, new_lm, 1.0 - wanted / mf.gap, mf.mouth_w)
     return out
 
 
@@ -193,7 +198,7 @@ def _paint_cavity(out: np.ndarray, src: np.ndarray, old_lm: np.ndarray, lm: np.n
     """Fill the part of the opening that the template did not show: a dark mouth, with the
     template's own teeth carried along under the upper lip (or drawn ones if it showed none)."""
     inner = lm[60:68]
-    gap = float(np.mean([(lm[lo] - lm[up]) @ mf.v for up, lo in ((61, 67), (62, 66), (63, 65))]))
+    gap = inner_gap(lm, mf.v)
     strength = float(np.clip((gap - mf.gap) / (0.04 * mf.mouth_w), 0.0, 1.0))
     if gap < 1.0 or strength <= 0.0:
         return
