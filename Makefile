@@ -17,11 +17,13 @@ DEMO_OUT ?= out/demo.mp4
 
 setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 
-# Debian packages: ffprobe (media validation), a font with CJK glyphs for burned-in subtitles, and
-# redis-server (the bridge's queue and replay store; tests start their own).
-SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server
+# Debian packages: ffprobe (media validation), a font with CJK glyphs for burned-in subtitles,
+# redis-server (the bridge's queue and replay store; tests start their own) and a single-node Ceph
+# radosgw (the S3 server the object-store tests start on loopback).
+SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server radosgw ceph-mon ceph-osd
 system-deps:
 	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1 || \
+	    ! command -v radosgw >/dev/null 2>&1 || ! command -v ceph-osd >/dev/null 2>&1 || \
 	    [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
 	  echo "installing $(SYSTEM_PACKAGES) (Debian packages)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)' and retry" >&2; exit 1; fi; \
