@@ -52,10 +52,28 @@ def _serve(settings: BridgeSettings) -> int:
 
 
 def _worker(settings: BridgeSettings) -> int:
-    """One prefork child per worker: time limits need prefork, and one child owns the engine's models."""
-    from bridge.tasks import make_celery
+    """One prefork child per worker: time limits need prefork, and one child owns the engine's models.
+
+    The main process also runs the reaper (bridge/reaper.py), started once the pool is up.
+    """
+    import redis
+    from celery.signals import worker_ready, worker_shutdown
+
+    from bridge.db import Database
+    from bridge.reaper import Reaper, ReaperThread, broker_job_ids
+    from bridge.tasks import make_celery, publish
 
     app = make_celery(settings)
+    broker = redis.Redis.from_url(settings.broker, socket_timeout=settings.redis_timeout_s)
+    database = Database(settings.database)
+    database.create_all()
+    reaper = ReaperThread(
+        Reaper(database, lambda job_id: publish(app, settings.queue, job_id), settings.job_max_attempts,
+               lambda: broker_job_ids(broker, settings.queue), grace_s=max(2 * settings.reaper_interval_s, 1.0)),
+        settings.reaper_interval_s,
+    )
+    worker_ready.connect(lambda **_: reaper.start(), weak=False)
+    worker_shutdown.connect(lambda **_: reaper.stop(), weak=False)
     app.worker_main([
         "worker", "-P", "prefork", "-c", "1", "-Q", settings.queue, "--loglevel", "INFO", "-O", "fair",
         "-n", f"{settings.queue}-{os.getpid()}@%h", "--without-mingle", "--without-gossip",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -24,8 +24,11 @@ from sqlalchemy import (
     and_,
     create_engine,
     event,
+    func,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Dialect, Engine
@@ -84,7 +87,13 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    """Set once the broker took the message; None means a submit hit a broker outage."""
+    """Set once the broker took the message; None means it still has to be (re-)published."""
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    """``host:pid`` of the worker process running the current attempt."""
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None, index=True)
+    """The running attempt's heartbeat deadline; past it, the reaper gives the job to another worker."""
+    timings: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
+    """Seconds per engine stage of the successful attempt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +131,14 @@ class Database:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_all(self) -> None:
+        """Create missing tables, and add nullable columns a newer bridge introduced to an existing table."""
         Base.metadata.create_all(self.engine)
+        present = {column["name"] for column in inspect(self.engine).get_columns(Job.__tablename__)}
+        with self.engine.begin() as connection:
+            for column in Job.__table__.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(self.engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {Job.__tablename__} ADD COLUMN "{column.name}" {kind}'))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -189,21 +205,52 @@ class Database:
         more = len(jobs) > limit
         return Page(page, (page[-1].created_at, page[-1].id) if more and page else None)
 
-    def mark_dispatched(self, job_id: str) -> None:
+    def mark_dispatched(self, job_id: str, previous: datetime | None = None) -> bool:
+        """Record a publish; with ``previous``, only if nobody re-published since (so one reaper wins)."""
+        query = update(Job).where(Job.id == job_id)
+        if previous is not None:
+            query = query.where(Job.dispatched_at == previous)
         with self.session() as session, session.begin():
-            session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))
+            result = session.execute(query.values(dispatched_at=utcnow()))
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    def claim(self, job_id: str, attempt: int) -> int | None:
-        """queued/running → running with attempts+1, only if attempts is still ``attempt``. The new attempt or None."""
+    def claim_undispatched(self, job_id: str) -> bool:
+        """Take the right to publish a queued job nobody published yet (one reaper wins)."""
+        with self.session() as session, session.begin():
+            result = session.execute(update(Job).where(
+                Job.id == job_id, Job.status == "queued", Job.dispatched_at.is_(None)).values(dispatched_at=utcnow()))
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def claim(self, job_id: str, attempt: int, owner: str, lease_s: float, dead_owner: str | None = None) -> int | None:
+        """Start attempt ``attempt + 1``; the new attempt number, or None when this delivery must not run.
+
+        A queued job is claimable; a running one only when its lease ran out (its worker stopped beating)
+        or its lease holder is ``dead_owner`` (a process on this host known to be gone). So a duplicate
+        delivery of a message for a job that is still being rendered is refused.
+        """
+        now = utcnow()
+        free = or_(Job.status == "queued", Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+        if dead_owner is not None:
+            free = or_(free, Job.lease_owner == dead_owner)
+        with self.session() as session, session.begin():
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(ACTIVE), free)
+                .values(status="running", attempts=attempt + 1, stage="starting", progress=0.0, started_at=now,
+                        updated_at=now, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_s))
+            )
+        return attempt + 1 if result.rowcount == 1 else None  # type: ignore[attr-defined]
+
+    def heartbeat(self, job_id: str, attempt: int, owner: str, lease_s: float) -> bool:
+        """Extend the lease; False when the attempt no longer owns the job (canceled, or taken over)."""
         now = utcnow()
         with self.session() as session, session.begin():
             result = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(ACTIVE))
-                .values(status="running", attempts=attempt + 1, stage="starting", progress=0.0,
-                        started_at=now, updated_at=now)
+                .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running", Job.lease_owner == owner)
+                .values(lease_expires_at=now + timedelta(seconds=lease_s))
             )
-        return attempt + 1 if result.rowcount == 1 else None  # type: ignore[attr-defined]
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def update_progress(self, job_id: str, attempt: int, stage: str, progress: float) -> bool:
         with self.session() as session, session.begin():
@@ -216,16 +263,16 @@ class Database:
 
     def finish(
         self, job_id: str, attempt: int, status: Status, *, outputs: list[dict[str, Any]] | None = None,
-        error: dict[str, str] | None = None,
+        error: dict[str, str] | None = None, timings: dict[str, float] | None = None,
     ) -> bool:
         """Move an active job still at ``attempt`` to a terminal status; False when a newer attempt owns it."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a terminal status")
         now = utcnow()
-        values: dict[str, Any] = {"status": status, "updated_at": now, "finished_at": now,
-                                  "stage": "done" if status == "succeeded" else status}
+        values: dict[str, Any] = {"status": status, "updated_at": now, "finished_at": now, "lease_owner": None,
+                                  "lease_expires_at": None, "stage": "done" if status == "succeeded" else status}
         if status == "succeeded":
-            values.update(progress=1.0, outputs=outputs or [], error_code=None, error_message=None)
+            values.update(progress=1.0, outputs=outputs or [], error_code=None, error_message=None, timings=timings)
         if error is not None:
             values.update(error_code=error.get("code"), error_message=error.get("message"))
         with self.session() as session, session.begin():
@@ -233,3 +280,49 @@ class Database:
                 update(Job).where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(ACTIVE)).values(**values)
             )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job whatever its attempt; its worker sees the lost lease and stops."""
+        now = utcnow()
+        with self.session() as session, session.begin():
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(
+                    status="canceled", stage="canceled", updated_at=now, finished_at=now, lease_owner=None,
+                    lease_expires_at=None, error_code="canceled", error_message="canceled by the caller")
+            )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def expired_leases(self, limit: int = 100) -> list[Job]:
+        """Running jobs whose worker stopped beating: killed, frozen or cut off."""
+        with self.session() as session:
+            return list(session.scalars(select(Job).where(
+                Job.status == "running", Job.lease_expires_at < utcnow()).limit(limit)).all())
+
+    def requeue(self, job_id: str, attempt: int) -> bool:
+        """running (lease expired) → queued and not dispatched, so exactly one reaper re-publishes it."""
+        now = utcnow()
+        with self.session() as session, session.begin():
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.attempts == attempt, Job.status == "running",
+                                  Job.lease_expires_at < now)
+                .values(status="queued", stage="requeued", lease_owner=None, lease_expires_at=None,
+                        dispatched_at=None, updated_at=now)
+            )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def queued(self, limit: int = 1000) -> list[Job]:
+        """Queued jobs, oldest first: the reaper checks each has a message somewhere."""
+        with self.session() as session:
+            return list(session.scalars(select(Job).where(Job.status == "queued")
+                                        .order_by(Job.created_at).limit(limit)).all())
+
+    def counts_by_status(self) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+        return {status: 0 for status in STATUSES} | {str(status): int(n) for status, n in rows}
+
+    def failures_by_reason(self) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(select(Job.error_code, func.count()).where(Job.status == "failed")
+                                   .group_by(Job.error_code)).all()
+        return {str(code or "unknown"): int(n) for code, n in rows}

@@ -52,6 +52,13 @@ class BridgeSettings(BaseSettings):
     queue: str = Field("render", min_length=1, description="Celery queue render jobs go to and workers consume.")
     job_time_limit_s: int = Field(900, ge=10, description="Hard per-job time limit; the soft limit comes earlier.")
     job_max_attempts: int = Field(3, ge=1, description="Deliveries before a job that keeps killing workers fails.")
+    job_lease_s: float = Field(
+        30.0, gt=0, description="A running job whose worker has not beaten for this long is given to another worker."
+    )
+    job_heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews the lease of the job it runs.")
+    reaper_interval_s: float = Field(
+        10.0, gt=0, description="How often each worker looks for jobs with expired leases or without a queue message."
+    )
     link_secret: SecretStr | None = Field(
         None, description="HMAC key for download links. Default: 32 random bytes kept in <storage_root>/link.key."
     )
@@ -69,6 +76,12 @@ class BridgeSettings(BaseSettings):
     def _default_keys_file(self) -> BridgeSettings:
         if self.keys_file is None:
             self.keys_file = self.storage_root / "keys.json"
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> BridgeSettings:
+        if self.job_heartbeat_s * 2 > self.job_lease_s:
+            raise ValueError("job_heartbeat_s must be at most half of job_lease_s, or live jobs look dead")
         return self
 
     @property

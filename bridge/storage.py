@@ -42,6 +42,11 @@ class Storage:
         """Scratch space for one attempt, so a redelivered task never trips over a dead attempt's files."""
         return self.job_dir(job_id) / "work" / f"attempt-{int(attempt)}"
 
+    def drop_stale_work(self, job_id: str, attempt: int) -> None:
+        """Remove the scratch of earlier attempts: their workers died or lost the job to this attempt."""
+        for earlier in range(1, int(attempt)):
+            shutil.rmtree(self.work_dir(job_id, earlier), ignore_errors=True)
+
     def output_path(self, job_id: str, name: str) -> Path:
         if name not in OUTPUT_NAMES:
             raise ValueError(f"{name!r} is not an output name")

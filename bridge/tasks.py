@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +25,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from celery.utils.log import get_logger, get_task_logger
 
-from bridge.db import TERMINAL, Database, Job
+from bridge.db import TERMINAL, Database, Job, utcnow
+from bridge.reaper import crashed_error
 from bridge.settings import BridgeSettings
 from bridge.storage import OUTPUT_NAMES, Storage
 from engine.avatars import check_id
@@ -77,6 +81,65 @@ def make_celery(settings: BridgeSettings, *, publisher: bool = False) -> Celery:
     return app
 
 
+def publish(app: Celery, queue: str, job_id: str) -> None:
+    """Send one render message; the task id starts with the job id so the reaper can find it in Redis."""
+    app.send_task(RENDER_TASK, args=(job_id,), queue=queue, task_id=f"{job_id}.{uuid.uuid4().hex[:12]}",
+                  retry=False)
+
+
+def process_owner(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def dead_local_owner(owner: str | None) -> str | None:
+    """``owner`` when it names a process on this host that no longer exists (a killed prefork child)."""
+    if not owner:
+        return None
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return owner
+    except PermissionError:
+        return None
+    return None
+
+
+class JobAbandoned(Exception):
+    """The attempt lost its lease (the job was canceled, or another worker took it over): stop rendering."""
+
+
+class LeaseKeeper:
+    """Renews the running attempt's lease from a side thread; ``lost`` is set when renewal is refused."""
+
+    def __init__(self, db: Database, job_id: str, attempt: int, owner: str, lease_s: float, every_s: float) -> None:
+        self._args = (job_id, attempt, owner, lease_s)
+        self._db = db
+        self._every_s = every_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bridge-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                if not self._db.heartbeat(*self._args):
+                    self.lost.set()
+                    return
+            except Exception:  # a DB blip: try again next beat; the lease has slack for a few misses
+                log.warning("lease renewal for job %s failed", self._args[0], exc_info=True)
+
+
 @dataclass
 class JobRunner:
     """Runs one job in a worker child. The engine and DB connections are built once per process."""
@@ -115,23 +178,29 @@ class JobRunner:
         if job.status in TERMINAL:
             log.info("job %s is already %s; nothing to do", job_id, job.status)
             return
-        if job.attempts >= self.settings.job_max_attempts:
-            db.finish(job_id, job.attempts, "failed", error={
-                "code": "too_many_attempts",
-                "message": f"the job stopped its worker {job.attempts} times and will not be retried"})
-            log.error("job %s gave up after %d attempts", job_id, job.attempts)
+        settings = self.settings
+        owner = process_owner()
+        dead = dead_local_owner(job.lease_owner) if job.status == "running" else None
+        if job.attempts >= settings.job_max_attempts:
+            if job.status == "queued" or dead or _lease_over(job):
+                db.finish(job_id, job.attempts, "failed", error=crashed_error(job.attempts))
+                log.error("job %s failed: its worker stopped %d times", job_id, job.attempts)
             return
-        attempt = db.claim(job_id, job.attempts)
+        attempt = db.claim(job_id, job.attempts, owner, settings.job_lease_s, dead_owner=dead)
         if attempt is None:
-            log.info("job %s was claimed by another delivery", job_id)
+            log.info("job %s is being rendered by %s; dropping this duplicate message", job_id, job.lease_owner)
             return
         log.info("job %s attempt %d started", job_id, attempt)
         work = self.storage.work_dir(job_id, attempt)
+        self.storage.drop_stale_work(job_id, attempt)
         try:
-            outputs = self._render(db, engine, job, attempt, work)
+            with LeaseKeeper(db, job_id, attempt, owner, settings.job_lease_s, settings.job_heartbeat_s) as lease:
+                outputs, timings = self._render(db, engine, job, attempt, work, lease.lost)
+        except JobAbandoned:
+            log.info("job %s attempt %d stopped: the job was canceled or taken over", job_id, attempt)
         except SoftTimeLimitExceeded:
             db.finish(job_id, attempt, "failed", error={
-                "code": "time_limit", "message": f"the job ran past its {self.settings.job_time_limit_s} s limit"})
+                "code": "time_limit", "message": f"the job ran past its {settings.job_time_limit_s} s limit"})
             log.error("job %s attempt %d hit the time limit", job_id, attempt)
         except EngineError as err:
             db.finish(job_id, attempt, "failed", error={"code": err.code, "message": str(err)})
@@ -141,16 +210,17 @@ class JobRunner:
             db.finish(job_id, attempt, "failed", error={
                 "code": "internal_error", "message": "the render failed unexpectedly; the error has been logged"})
         else:
-            if db.finish(job_id, attempt, "succeeded", outputs=outputs):
+            if db.finish(job_id, attempt, "succeeded", outputs=outputs, timings=timings):
                 log.info("job %s attempt %d succeeded", job_id, attempt)
             else:
-                log.warning("job %s attempt %d finished but a newer attempt owns the row", job_id, attempt)
+                log.warning("job %s attempt %d finished but the job was canceled or taken over", job_id, attempt)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             with contextlib.suppress(OSError):
                 work.parent.rmdir()  # only when no other attempt's scratch is left
 
-    def _render(self, db: Database, engine: Engine, job: Job, attempt: int, work: Path) -> list[dict[str, Any]]:
+    def _render(self, db: Database, engine: Engine, job: Job, attempt: int, work: Path,
+                lost: threading.Event) -> tuple[list[dict[str, Any]], dict[str, float]]:
         from engine.render import RenderRequest
 
         inputs = job.inputs
@@ -165,13 +235,17 @@ class JobRunner:
 
         def progress(stage: str, fraction: float) -> None:
             nonlocal last
+            if lost.is_set():
+                raise JobAbandoned(job.id)
             now = time.monotonic()
             if now - last >= PROGRESS_INTERVAL_S:
                 last = now
                 db.update_progress(job.id, attempt, stage, fraction)
 
         result = engine.render(request, progress)
-        return [self._publish(job.id, result)]
+        if lost.is_set():
+            raise JobAbandoned(job.id)
+        return [self._publish(job.id, result)], {k: round(v, 3) for k, v in result.timings.items()}
 
     def _publish(self, job_id: str, result: RenderResult) -> dict[str, Any]:
         storage = self.storage
@@ -187,3 +261,7 @@ class JobRunner:
                 "duration_s": round(result.duration_s, 3), "width": result.width, "height": result.height,
                 "size_bytes": storage.output_path(job_id, "video.mp4").stat().st_size,
                 "mime": OUTPUT_NAMES["video.mp4"]}
+
+
+def _lease_over(job: Job) -> bool:
+    return job.lease_expires_at is None or job.lease_expires_at < utcnow()

@@ -1,4 +1,5 @@
-"""Helpers for bridge tests: a real, throwaway redis-server on a free loopback port, and a real worker."""
+"""Helpers for bridge tests: a real, throwaway redis-server on a free loopback port, real workers, and
+``Bridge``, the API app driven through Flask's test client with per-call tokens."""
 
 from __future__ import annotations
 
@@ -13,8 +14,68 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
+from apiflask import APIFlask
+from flask.testing import FlaskClient
+
+from bridge.auth import mint_token
+from bridge.settings import BridgeSettings
+from engine import EngineSettings
+
+REPO = Path(__file__).resolve().parent.parent
+AUD, ISS = "talking-head-bridge", "talking-head-dify-plugin"
+RW = ["jobs:read", "jobs:write"]
+POLL_TIMEOUT_S = 60.0
+FINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+@dataclass
+class Bridge:
+    app: APIFlask
+    client: FlaskClient
+    settings: BridgeSettings
+    engine_settings: EngineSettings
+    api_key: str
+
+    def token(self, sub: str = "tenant-a", scopes: list[str] | None = None) -> str:
+        return mint_token(self.api_key, sub, RW if scopes is None else scopes, AUD, ISS)
+
+    def auth(self, sub: str = "tenant-a", scopes: list[str] | None = None, **headers: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(sub, scopes)}", **headers}
+
+    def submit(self, body: dict[str, Any], sub: str = "tenant-a", key: str | None = None) -> Any:
+        headers = self.auth(sub, **({"Idempotency-Key": key} if key else {}))
+        return self.client.post("/v1/jobs", json=body, headers=headers)
+
+    def get(self, job_id: str, sub: str = "tenant-a") -> Any:
+        return self.client.get(f"/v1/jobs/{job_id}", headers=self.auth(sub))
+
+    def wait(self, job_id: str, sub: str = "tenant-a", timeout_s: float = POLL_TIMEOUT_S,
+             until: frozenset[str] = FINAL) -> dict[str, Any]:
+        """Poll until the job's status is in ``until`` (default: any final status)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            body = self.get(job_id, sub).get_json()
+            if body["status"] in until:
+                return dict(body)
+            assert time.monotonic() < deadline, f"job {job_id} still {body['status']} after {timeout_s} s"
+            time.sleep(0.1)
+
+
+def make_settings(root: Path, redis_url: str, **overrides: Any) -> BridgeSettings:
+    values: dict[str, Any] = {"storage_root": root, "redis_url": redis_url, "min_free_bytes": 0,
+                              "database_url": f"sqlite:///{root / 'bridge.db'}", **overrides}
+    return BridgeSettings(_env_file=None, **values)
+
+
+def worker_env(settings: BridgeSettings, engine_root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a worker subprocess sharing ``settings``' Redis, table and storage."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}  # no stray broker or queue
+    return {**inherited, "BRIDGE_REDIS_URL": settings.redis_url, "BRIDGE_STORAGE_ROOT": str(settings.storage_root),
+            "BRIDGE_DATABASE_URL": settings.database, "BRIDGE_QUEUE": settings.queue,
+            "ENGINE_STORAGE_ROOT": str(engine_root), **extra}
 
 
 def free_port() -> int:
@@ -35,14 +96,20 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def run_redis_server(workdir: Path, timeout_s: float = 10.0) -> Iterator[RedisServer]:
-    """Start ``redis-server`` with no persistence, wait for PING, and kill it on exit."""
+def run_redis_server(
+    workdir: Path, timeout_s: float = 10.0, *, port: int | None = None, appendonly: bool = False,
+) -> Iterator[RedisServer]:
+    """Start ``redis-server`` (no persistence unless ``appendonly``), wait for PING, and stop it on exit.
+
+    With ``appendonly`` and the same ``workdir`` and ``port``, a second start is a restart that keeps the queue.
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         raise FileNotFoundError("redis-server is not installed (make setup installs Debian's redis-server)")
-    port = free_port()
+    port = port or free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else ["--appendonly", "no"]
     process = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence, "--dir", str(workdir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -74,10 +141,12 @@ class BridgeWorker:
 
 
 @contextlib.contextmanager
-def run_bridge_worker(env: dict[str, str], log: Path, cwd: Path, timeout_s: float = 60.0) -> Iterator[BridgeWorker]:
-    """Start ``python -m bridge worker`` in its own process group; wait for 'ready', kill the group on exit."""
+def run_bridge_worker(
+    env: dict[str, str], log: Path, cwd: Path, timeout_s: float = 60.0, module: str = "bridge",
+) -> Iterator[BridgeWorker]:
+    """Start ``python -m <module> worker`` in its own process group; wait for 'ready', kill the group on exit."""
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bridge", "worker"], cwd=cwd, env=env, stdout=out,
+        process = subprocess.Popen([sys.executable, "-m", module, "worker"], cwd=cwd, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
@@ -88,6 +157,19 @@ def run_bridge_worker(env: dict[str, str], log: Path, cwd: Path, timeout_s: floa
         yield BridgeWorker(process, log)
     finally:
         _kill_group(process)
+
+
+def worker_children(worker: BridgeWorker) -> list[int]:
+    """Pids of the worker's prefork children (the processes that render)."""
+    out = subprocess.run(["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def kill_hard(worker: BridgeWorker) -> None:
+    """``kill -9`` the whole worker (main process and children), as when its host loses power."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.process.pid, signal.SIGKILL)
+    worker.process.wait(timeout=10)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

@@ -8,70 +8,35 @@ SQLite job table and one storage root.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from apiflask import APIFlask
-from flask.testing import FlaskClient
 
 from bridge.app import create_app
 from bridge.auth import mint_token
 from bridge.db import Database
 from bridge.keys import KeyStore
 from bridge.problems import PROBLEM_MEDIA_TYPE
-from bridge.settings import BridgeSettings
 from engine import EngineSettings
-from tests.bridge_fixtures import RedisServer, free_port, run_bridge_worker, run_redis_server
+from tests.bridge_fixtures import (
+    AUD,
+    ISS,
+    REPO,
+    Bridge,
+    RedisServer,
+    free_port,
+    make_settings,
+    run_bridge_worker,
+    run_redis_server,
+    worker_env,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-AUD, ISS = "talking-head-bridge", "talking-head-dify-plugin"
-RW = ["jobs:read", "jobs:write"]
 AVATAR = "astronaut-photo"  # the small 512² sample: fast to render
-POLL_TIMEOUT_S = 60.0
-
-
-@dataclass
-class Bridge:
-    app: APIFlask
-    client: FlaskClient
-    settings: BridgeSettings
-    engine_settings: EngineSettings
-    api_key: str
-
-    def token(self, sub: str = "tenant-a", scopes: list[str] | None = None) -> str:
-        return mint_token(self.api_key, sub, RW if scopes is None else scopes, AUD, ISS)
-
-    def auth(self, sub: str = "tenant-a", scopes: list[str] | None = None, **headers: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(sub, scopes)}", **headers}
-
-    def submit(self, body: dict[str, Any], sub: str = "tenant-a", key: str | None = None) -> Any:
-        headers = self.auth(sub, **({"Idempotency-Key": key} if key else {}))
-        return self.client.post("/v1/jobs", json=body, headers=headers)
-
-    def get(self, job_id: str, sub: str = "tenant-a") -> Any:
-        return self.client.get(f"/v1/jobs/{job_id}", headers=self.auth(sub))
-
-    def wait(self, job_id: str, sub: str = "tenant-a") -> dict[str, Any]:
-        deadline = time.monotonic() + POLL_TIMEOUT_S
-        while True:
-            body = self.get(job_id, sub).get_json()
-            if body["status"] in {"succeeded", "failed", "canceled"}:
-                return dict(body)
-            assert time.monotonic() < deadline, f"job {job_id} still {body['status']} after {POLL_TIMEOUT_S} s"
-            time.sleep(0.2)
-
-
-def make_settings(root: Path, redis_url: str, **overrides: Any) -> BridgeSettings:
-    values: dict[str, Any] = {"storage_root": root, "redis_url": redis_url, "min_free_bytes": 0,
-                              "database_url": f"sqlite:///{root / 'bridge.db'}", **overrides}
-    return BridgeSettings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +49,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def bridge(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, storage: Path) -> Iterator[Bridge]:
     root = tmp_path_factory.mktemp("bridge")
     settings = make_settings(root, redis_server.url)
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}  # no stray broker or queue
-    env = {**inherited, "BRIDGE_REDIS_URL": redis_server.url, "BRIDGE_STORAGE_ROOT": str(root),
-           "BRIDGE_DATABASE_URL": settings.database, "BRIDGE_QUEUE": settings.queue,
-           "ENGINE_STORAGE_ROOT": str(storage)}
+    env = worker_env(settings, storage)
     engine_settings = EngineSettings(_env_file=None, storage_root=storage)  # type: ignore[call-arg]
     app = create_app(settings, engine_settings=engine_settings)  # creates the tables before the worker starts
     api_key = KeyStore(settings.keys_path).create()
@@ -311,19 +273,32 @@ def test_engine_error_fails_the_job_with_its_code(bridge: Bridge) -> None:
     assert body["error"]["code"] == "unknown_voice" and "no-such-voice" in body["error"]["message"]
 
 
-def test_state_changes_are_compare_and_set_on_attempt(tmp_path: Path) -> None:
+def test_state_changes_are_compare_and_set_on_attempt_and_lease(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'cas.db'}")
     db.create_all()
     job, created = db.create_job("tenant-cas", {"text": "x", "avatar_id": AVATAR})
     assert created
-    assert db.claim(job.id, 0) == 1
-    assert db.claim(job.id, 0) is None  # a duplicate delivery of the same attempt loses
-    assert db.claim(job.id, 1) == 2  # a redelivery after a lost worker takes over
+    assert db.claim(job.id, 0, "host:1", lease_s=30) == 1
+    assert db.claim(job.id, 0, "host:2", lease_s=30) is None  # a duplicate delivery of the same attempt loses
+    assert db.claim(job.id, 1, "host:2", lease_s=30) is None  # the job is still rendering under a live lease
+    assert db.claim(job.id, 1, "host:2", lease_s=30, dead_owner="host:9") is None  # not the holder
+    assert db.heartbeat(job.id, 1, "host:1", lease_s=30) and not db.heartbeat(job.id, 1, "host:2", lease_s=30)
+    assert db.claim(job.id, 1, "host:2", lease_s=30, dead_owner="host:1") == 2  # its holder died: take over
+    assert not db.heartbeat(job.id, 1, "host:1", lease_s=30)  # the old attempt learns it lost the job
     assert not db.update_progress(job.id, 1, "tts", 0.5) and db.update_progress(job.id, 2, "tts", 0.5)
     assert not db.finish(job.id, 1, "succeeded", outputs=[])  # the dead attempt cannot write
     assert db.finish(job.id, 2, "failed", error={"code": "x", "message": "y"})
-    assert db.claim(job.id, 2) is None and not db.finish(job.id, 2, "succeeded")  # terminal stays terminal
+    assert db.claim(job.id, 2, "host:3", lease_s=30) is None and not db.finish(job.id, 2, "succeeded")
     row = db.get_job(job.id)
     assert row is not None and (row.status, row.attempts, row.error_code) == ("failed", 2, "x")
+    assert row.lease_owner is None and row.lease_expires_at is None
     assert db.get_job(job.id, sub="someone-else") is None
+
+    expiring, _ = db.create_job("tenant-cas", {"text": "y", "avatar_id": AVATAR})
+    assert db.claim(expiring.id, 0, "host:1", lease_s=0.05) == 1
+    time.sleep(0.1)
+    assert [j.id for j in db.expired_leases()] == [expiring.id]
+    assert db.claim(expiring.id, 1, "host:2", lease_s=30) == 2  # an expired lease is up for grabs
+    assert db.cancel(expiring.id) and not db.cancel(expiring.id)
+    assert not db.heartbeat(expiring.id, 2, "host:2", lease_s=30)  # the worker sees the cancel
     db.dispose()

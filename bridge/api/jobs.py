@@ -26,7 +26,7 @@ from bridge.db import Database, IdempotencyConflict, Job
 from bridge.links import LinkSigner
 from bridge.problems import UNAVAILABLE, VALIDATION, problem
 from bridge.storage import JOB_ID
-from bridge.tasks import RENDER_TASK
+from bridge.tasks import publish
 from engine import EngineError
 from engine.avatars import AvatarStore
 
@@ -140,7 +140,7 @@ def _dispatch(db: Database, job: Job) -> Response | None:
     """Publish the job id; a 503 problem when the broker cannot take it (the row stays queued)."""
     st = state()
     try:
-        st.celery.send_task(RENDER_TASK, args=(job.id,), queue=st.settings.queue, retry=False)
+        publish(st.celery, st.settings.queue, job.id)
     except (KombuError, RedisError, OSError) as exc:
         current_app.logger.error("cannot enqueue job %s: %s", job.id, type(exc).__name__)
         return problem(503, None, "the job queue (Redis) is unavailable; retry with the same Idempotency-Key",

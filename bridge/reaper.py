@@ -1,0 +1,140 @@
+"""The reaper: makes sure every queued job has a message and every running job a live worker.
+
+Celery alone loses track of a job when a whole worker host dies (its message waits in Redis's unacked
+set until the visibility timeout, about the job time limit) or when Redis forgets a message (restarted
+without persistence). The job table knows better, so each worker runs a reaper thread that, every
+``reaper_interval_s``:
+
+1. gives a running job whose lease expired back to the queue, or fails it as
+   ``worker_crashed_repeatedly`` once it used up ``job_max_attempts``;
+2. publishes every queued job that has no message: never published (a submit during a Redis outage,
+   a requeue from step 1), or not found in the broker's queue nor its unacked set.
+
+Every change is a compare-and-set, so any number of reapers can run at once; a duplicate message is
+harmless because a worker only claims a job that is queued or whose lease ran out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import redis
+
+from bridge.db import Database, utcnow
+
+log = logging.getLogger(__name__)
+
+CRASHED = "worker_crashed_repeatedly"
+UNACKED_KEY = "unacked"
+PRIORITY_SEPARATOR = "\x06\x16"
+
+
+def crashed_error(attempts: int) -> dict[str, str]:
+    return {"code": CRASHED,
+            "message": f"the job stopped its worker {attempts} times (crash, kill or lost host) and was not retried"}
+
+
+def job_id_of(task_id: str) -> str:
+    """Task ids are ``<job id>.<suffix>`` so the reaper can tell which jobs the broker holds."""
+    return task_id.split(".", 1)[0]
+
+
+def broker_job_ids(client: redis.Redis, queue: str) -> set[str]:
+    """Job ids with a message waiting in ``queue`` (any priority) or delivered but not yet acknowledged."""
+    payloads: list[bytes] = []
+    for key in client.scan_iter(match=f"{queue}*", count=100):
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        if name == queue or name.startswith(queue + PRIORITY_SEPARATOR):
+            payloads.extend(client.lrange(key, 0, -1))
+    payloads.extend(client.hvals(UNACKED_KEY))
+    found: set[str] = set()
+    for raw in payloads:
+        try:
+            message = json.loads(raw)
+            if isinstance(message, list):  # unacked entries are [message, exchange, routing_key]
+                message = message[0]
+            found.add(job_id_of(str(message["headers"]["id"])))
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    requeued: list[str] = field(default_factory=list)
+    dead_lettered: list[str] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+
+
+class Reaper:
+    def __init__(
+        self, db: Database, publish: Callable[[str], None], max_attempts: int,
+        in_broker: Callable[[], Iterable[str]], grace_s: float = 10.0,
+    ) -> None:
+        """``grace_s``: a job published less than this long ago may still be on its way into the broker."""
+        self.db = db
+        self.grace_s = grace_s
+        self.publish = publish
+        self.max_attempts = max_attempts
+        self.in_broker = in_broker
+
+    def sweep(self) -> SweepReport:
+        report = SweepReport()
+        for job in self.db.expired_leases():
+            if job.attempts >= self.max_attempts:
+                if self.db.finish(job.id, job.attempts, "failed", error=crashed_error(job.attempts)):
+                    report.dead_lettered.append(job.id)
+                    log.error("job %s failed: its worker stopped %d times", job.id, job.attempts)
+            elif self.db.requeue(job.id, job.attempts):
+                report.requeued.append(job.id)
+                log.warning("job %s: worker %s stopped beating; requeued after attempt %d",
+                            job.id, job.lease_owner, job.attempts)
+        queued = self.db.queued()
+        settled = utcnow() - timedelta(seconds=self.grace_s)
+        waiting = {job.id for job in queued if job.dispatched_at is not None and job.dispatched_at < settled}
+        known = set(self.in_broker()) if waiting else set()
+        for job in queued:
+            if job.dispatched_at is None and (job.stage == "requeued" or job.created_at < settled):
+                claimed = self.db.claim_undispatched(job.id)
+            elif job.id in waiting and job.id not in known:
+                claimed = self.db.mark_dispatched(job.id, previous=job.dispatched_at)
+                log.warning("job %s was queued but the broker had no message for it; publishing again", job.id)
+            else:
+                continue
+            if claimed:
+                self.publish(job.id)
+                report.published.append(job.id)
+        return report
+
+
+class ReaperThread:
+    """Runs ``Reaper.sweep`` every ``interval_s`` in a daemon thread; errors are logged, never raised."""
+
+    def __init__(self, reaper: Reaper, interval_s: float) -> None:
+        self.reaper = reaper
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="bridge-reaper", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reaper.sweep()
+            except Exception:
+                log.exception("reaper sweep failed; retrying in %.0f s", self.interval_s)
+            self._stop.wait(self.interval_s)
