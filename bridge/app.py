@@ -8,7 +8,7 @@ import redis
 from apiflask import APIFlask
 
 from bridge import problems
-from bridge.api import files, health, jobs, whoami
+from bridge.api import files, health, jobs, voices, whoami
 from bridge.api.deps import SECURITY_SCHEME, BridgeState
 from bridge.auth import TOKEN_TYPE, RedisReplayStore, ReplayStore
 from bridge.db import Database
@@ -84,4 +84,5 @@ def create_app(
     app.register_blueprint(whoami.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)
+    app.register_blueprint(voices.bp)
     return app

@@ -1,7 +1,8 @@
-"""Job files under the storage root: ``jobs/<id>/outputs/<name>``, names from a fixed allow-list.
+"""Job files under the storage root: ``jobs/<id>/inputs/<name>`` and ``jobs/<id>/outputs/<name>``.
 
-No user-supplied string ever becomes part of a path: job ids are server-made hex and file names
-come from ``OUTPUT_NAMES``. Files appear atomically (temp file, then ``os.replace``).
+No user-supplied string ever becomes part of a path: job ids are server-made hex, and file names
+match ``OUTPUT_NAME`` or ``INPUT_NAME``, both built by the server. Files appear atomically (temp
+file, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,31 @@ import shutil
 import tempfile
 from pathlib import Path
 
-OUTPUT_NAMES: dict[str, str] = {
-    "video.mp4": "video/mp4",
-    "poster.jpg": "image/jpeg",
-    "subtitles.vtt": "text/vtt",
-    "subtitles.srt": "application/x-subrip",
+MIME_TYPES: dict[str, str] = {
+    "mp4": "video/mp4", "jpg": "image/jpeg", "vtt": "text/vtt", "srt": "application/x-subrip",
 }
-"""Every file a job may publish, with the media type it is served as."""
+OUTPUT_NAME = re.compile(r"(?:video(?:-[1-9][0-9]?)?\.mp4|poster(?:-[1-9][0-9]?)?\.jpg"
+                         r"|subtitles(?:-[1-9][0-9]?)?\.(?:vtt|srt))")
+"""Every file a job may publish: ``video.mp4``, ``poster.jpg``, ``subtitles.vtt|srt`` for its first
+avatar, with ``-<n>`` before the extension for the n-th further avatar of a batch."""
+OUTPUT_NAMES: dict[str, str] = {"video.mp4": "video/mp4", "poster.jpg": "image/jpeg",
+                                "subtitles.vtt": "text/vtt", "subtitles.srt": "application/x-subrip"}
+"""The names of a single-avatar job."""
+INPUT_NAME = re.compile(r"audio\.(?:wav|mp3|m4a|aac|flac|ogg)")
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def output_name(stem: str, ext: str, index: int) -> str:
+    """The published name of one file of the ``index``-th avatar (0 for the first)."""
+    name = f"{stem}.{ext}" if index == 0 else f"{stem}-{index}.{ext}"
+    if not OUTPUT_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not an output name")
+    return name
+
+
+def output_mime(name: str) -> str | None:
+    """The media type ``name`` is served as, or None when it is not an output name."""
+    return MIME_TYPES[name.rsplit(".", 1)[1]] if OUTPUT_NAME.fullmatch(name) else None
 
 
 class Storage:
@@ -48,25 +66,33 @@ class Storage:
             shutil.rmtree(self.work_dir(job_id, earlier), ignore_errors=True)
 
     def output_path(self, job_id: str, name: str) -> Path:
-        if name not in OUTPUT_NAMES:
+        if not OUTPUT_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not an output name")
         return self.outputs_dir(job_id) / name
+
+    def input_path(self, job_id: str, name: str) -> Path:
+        if not INPUT_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an input name")
+        return self.job_dir(job_id) / "inputs" / name
+
+    def put_input(self, job_id: str, name: str, source: Path) -> Path:
+        """Move a validated upload or download into the job's inputs (atomically, server-made name)."""
+        target = self.input_path(job_id, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _move_atomic(source, target)
+        return target
+
+    def scratch(self) -> Path:
+        """Where the API keeps uploads and downloads until they pass validation (same filesystem as jobs/)."""
+        path = self.root / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def publish(self, job_id: str, name: str, source: Path) -> Path:
         """Move a finished file into place atomically (copy to a temp sibling first if on another filesystem)."""
         target = self.output_path(job_id, name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
-        os.close(fd)
-        try:
-            try:
-                os.replace(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        _move_atomic(source, target)
         return target
 
     def write_bytes(self, job_id: str, name: str, data: bytes) -> Path:
@@ -80,3 +106,17 @@ class Storage:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return target
+
+
+def _move_atomic(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        try:
+            os.replace(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from celery.utils.log import get_logger, get_task_logger
 from bridge.db import TERMINAL, Database, Job, utcnow
 from bridge.reaper import crashed_error
 from bridge.settings import BridgeSettings
-from bridge.storage import OUTPUT_NAMES, Storage
+from bridge.storage import Storage, output_mime, output_name
 from engine.avatars import check_id
 from engine.errors import EngineError
 from engine.settings import EngineSettings
@@ -221,17 +221,15 @@ class JobRunner:
 
     def _render(self, db: Database, engine: Engine, job: Job, attempt: int, work: Path,
                 lost: threading.Event) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """One speech, then one video per avatar (a batch reuses the speech, as HeyGem's batch mode does)."""
         from engine.render import RenderRequest
 
         inputs = job.inputs
-        avatar_id = check_id(str(inputs["avatar_id"]))  # an id, never a path: RenderRequest takes either
+        avatars = [check_id(str(a)) for a in inputs.get("avatar_ids") or [inputs["avatar_id"]]]  # ids, not paths
+        audio = inputs.get("audio")
         work.mkdir(parents=True, exist_ok=True)
-        request = RenderRequest(
-            avatar=avatar_id, out=work / "video.mp4", text=inputs["text"], lang=inputs.get("lang", "auto"),
-            voice=inputs.get("voice"), speed=float(inputs.get("speed", 1.0)),
-            resolution=inputs.get("resolution", "source"), subtitles=bool(inputs.get("subtitles", False)),
-        )
         last = 0.0
+        done = 0
 
         def progress(stage: str, fraction: float) -> None:
             nonlocal last
@@ -240,27 +238,44 @@ class JobRunner:
             now = time.monotonic()
             if now - last >= PROGRESS_INTERVAL_S:
                 last = now
-                db.update_progress(job.id, attempt, stage, fraction)
+                db.update_progress(job.id, attempt, stage, (done + fraction) / len(avatars))
 
-        result = engine.render(request, progress)
-        if lost.is_set():
-            raise JobAbandoned(job.id)
-        return [self._publish(job.id, result)], {k: round(v, 3) for k, v in result.timings.items()}
+        base = RenderRequest(
+            avatar=avatars[0], out=work / "video.mp4", text=None if audio else inputs["text"],
+            audio=self.storage.input_path(job.id, audio) if audio else None, lang=inputs.get("lang") or "auto",
+            voice=inputs.get("voice"), speed=float(inputs.get("speed", 1.0)),
+            resolution=inputs.get("resolution", "source"), subtitles=bool(inputs.get("subtitles", False)),
+            renderer=inputs.get("renderer"),
+        )
+        progress("tts", 0.0)
+        spoken = engine.speak(base)
+        outputs: list[dict[str, Any]] = []
+        timings: dict[str, float] = {}
+        for index, avatar_id in enumerate(avatars):
+            request = replace(base, avatar=avatar_id, out=work / f"{index}" / "video.mp4", spoken=spoken)
+            result = engine.render(request, progress)
+            if lost.is_set():
+                raise JobAbandoned(job.id)
+            outputs.append(self._publish(job.id, index, result))
+            for stage, seconds in result.timings.items():
+                timings[stage] = round(timings.get(stage, 0.0) + seconds, 3)
+            done += 1
+        return outputs, timings
 
-    def _publish(self, job_id: str, result: RenderResult) -> dict[str, Any]:
+    def _publish(self, job_id: str, index: int, result: RenderResult) -> dict[str, Any]:
         storage = self.storage
-        storage.publish(job_id, "video.mp4", result.video)
+        video = output_name("video", "mp4", index)
+        storage.publish(job_id, video, result.video)
         files: dict[str, str | None] = {"poster": None, "subtitles_vtt": None, "subtitles_srt": None}
-        for key, name, source in (("poster", "poster.jpg", result.poster),
-                                  ("subtitles_vtt", "subtitles.vtt", result.subtitles_vtt),
-                                  ("subtitles_srt", "subtitles.srt", result.subtitles_srt)):
+        for key, stem, ext, source in (("poster", "poster", "jpg", result.poster),
+                                       ("subtitles_vtt", "subtitles", "vtt", result.subtitles_vtt),
+                                       ("subtitles_srt", "subtitles", "srt", result.subtitles_srt)):
             if source is not None and source.is_file():
-                storage.publish(job_id, name, source)
-                files[key] = name
-        return {"avatar_id": result.avatar_id, "name": "video.mp4", **files,
+                files[key] = output_name(stem, ext, index)
+                storage.publish(job_id, files[key], source)
+        return {"avatar_id": result.avatar_id, "name": video, **files,
                 "duration_s": round(result.duration_s, 3), "width": result.width, "height": result.height,
-                "size_bytes": storage.output_path(job_id, "video.mp4").stat().st_size,
-                "mime": OUTPUT_NAMES["video.mp4"]}
+                "size_bytes": storage.output_path(job_id, video).stat().st_size, "mime": output_mime(video)}
 
 
 def _lease_over(job: Job) -> bool:

@@ -33,9 +33,21 @@ _HEIGHTS = {"source": None, "720p": 720, "1080p": 1080}
 UPLOAD_SAMPLE_RATE = 48000
 
 
+@dataclass(frozen=True)
+class Spoken:
+    """The speech of a request, made once by ``Engine.speak`` and reusable for several avatars."""
+
+    speech: Speech
+    lang: str | None
+    tts: str | None
+
+
 @dataclass
 class RenderRequest:
-    """Exactly one of ``text`` and ``audio``. ``avatar`` is an avatar id or a template file path."""
+    """Exactly one of ``text`` and ``audio`` (or ``spoken``, their speech already made).
+
+    ``avatar`` is an avatar id or a template file path.
+    """
 
     avatar: str
     out: Path
@@ -49,6 +61,7 @@ class RenderRequest:
     burn_subtitles: bool = False
     renderer: str | None = None
     tts: str | None = None
+    spoken: Spoken | None = None
 
 
 @dataclass
@@ -111,13 +124,16 @@ class Engine:
                                        field="renderer")
         return self._renderers[name]
 
-    def _speech(self, req: RenderRequest) -> tuple[Speech, str | None, str | None]:
+    def speak(self, req: RenderRequest) -> Spoken:
+        """The request's speech: synthesized from its text, or decoded from its audio file."""
+        if req.spoken is not None:
+            return req.spoken
         if (req.text is None) == (req.audio is None):
             raise InvalidText("give either text to speak or an audio file, not both and not neither")
         if req.audio is not None:
             validate_audio(Path(req.audio), self.settings.max_audio_s)
             samples = decode_audio(Path(req.audio), UPLOAD_SAMPLE_RATE)
-            return Speech(samples, UPLOAD_SAMPLE_RATE), None, None
+            return Spoken(Speech(samples, UPLOAD_SAMPLE_RATE), None, None)
         text = clean_text(req.text or "", self.settings.max_text_chars)
         lang = detect_lang(text, req.lang)
         if not 0.5 <= req.speed <= 2.0:
@@ -126,7 +142,7 @@ class Engine:
         speech = backend.synthesize(SynthesisRequest(text=text, lang=lang, voice=req.voice, speed=req.speed))
         if speech.duration <= 0.05:
             raise InvalidText("the text produced no speech; check the language and voice", field="text")
-        return speech, lang, backend.name
+        return Spoken(speech, lang, backend.name)
 
     def render(self, req: RenderRequest, progress: ProgressFn | None = None) -> RenderResult:
         progress = progress or _quiet
@@ -144,11 +160,12 @@ class Engine:
             raise UnsupportedMedia(f"resolution must be one of {', '.join(_HEIGHTS)}", field="resolution")
         renderer = self.renderer(req.renderer)
         progress("tts", 0.0)
-        speech, lang, tts_name = self._speech(req)
+        spoken = self.speak(req)
+        speech, lang, tts_name = spoken.speech, spoken.lang, spoken.tts
         if speech.duration > s.max_audio_s:
             raise MediaTooLong(f"the speech lasts {speech.duration:.1f} s; the limit is {s.max_audio_s:.0f} s",
-                               field="text" if req.text is not None else "audio")
-        lap("tts" if req.text is not None else "audio")
+                               field="audio" if req.audio is not None else "text")
+        lap("audio" if req.audio is not None else "tts")
 
         progress("avatar", 0.0)
         avatar = self.avatars.resolve(req.avatar, progress=progress)

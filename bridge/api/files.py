@@ -11,7 +11,7 @@ from flask import Response, current_app, send_file
 from bridge.api.deps import state
 from bridge.links import BAD_LINK
 from bridge.problems import problem
-from bridge.storage import JOB_ID, OUTPUT_NAMES
+from bridge.storage import JOB_ID, output_mime
 
 bp = APIBlueprint("files", __name__, tag="files")
 
@@ -28,7 +28,8 @@ class LinkQuery(Schema):
 @bp.doc(summary="Download a job output through a signed link",
         responses={403: "The signature is wrong or the link has expired", 404: "No such file"})
 def download(job_id: str, name: str, query: dict[str, Any]) -> Response:
-    if not JOB_ID.fullmatch(job_id) or name not in OUTPUT_NAMES:
+    mime = output_mime(name)
+    if not JOB_ID.fullmatch(job_id) or mime is None:
         return problem(404, None, "There is no resource at this URL.")
     st = state()
     reason = st.links.verify(job_id, name, query["exp"], query["sig"])
@@ -38,4 +39,4 @@ def download(job_id: str, name: str, query: dict[str, Any]) -> Response:
     path = st.storage.output_path(job_id, name)
     if not path.is_file():
         return problem(404, None, "That job has no such file (yet).")
-    return send_file(path, mimetype=OUTPUT_NAMES[name], as_attachment=True, download_name=name, max_age=0)
+    return send_file(path, mimetype=mime, as_attachment=True, download_name=name, max_age=0)

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from bridge.api.deps import RETRY_AFTER_S, SECURITY_SCHEME, current_claims, require_token, state
 from bridge.db import Database, IdempotencyConflict, Job
 from bridge.links import LinkSigner
-from bridge.problems import UNAVAILABLE, VALIDATION, problem
+from bridge.problems import TYPE_BASE, UNAVAILABLE, VALIDATION, problem
 from bridge.storage import JOB_ID
 from bridge.tasks import publish
 from engine import EngineError
@@ -35,7 +35,8 @@ bp = APIBlueprint("jobs", __name__, tag="jobs")
 POLL_AFTER_S = "2"
 MAX_KEY_LENGTH = 255
 RESOLUTIONS = ("source", "720p", "1080p")
-IDEMPOTENCY = "tag:talking-head-dify,2026:problems/idempotency-key-reused"
+IDEMPOTENCY = TYPE_BASE + "idempotency-key-reused"
+FINISHED = TYPE_BASE + "job-finished"
 
 
 class JobIn(Schema):
@@ -196,6 +197,25 @@ def get_job(job_id: str) -> Any:
     if job is None:
         return problem(404, None, "There is no job with that id.")
     return job_json(job, st.links)
+
+
+@bp.post("/v1/jobs/<job_id>/cancel")
+@require_token("jobs:write")
+@bp.output(JobOut, description="The job, now canceled. A running render stops within a few seconds.")
+@bp.doc(summary="Cancel a job", security=SECURITY_SCHEME, responses={
+    403: "The token lacks the jobs:write scope", 404: "No such job, or it belongs to another caller",
+    409: "The job already finished", 503: "Tokens cannot be verified right now"})
+def cancel_job(job_id: str) -> Any:
+    st = state()
+    claims = current_claims()
+    job = st.db.get_job(job_id, None if claims.admin else claims.sub) if JOB_ID.fullmatch(job_id) else None
+    if job is None:
+        return problem(404, None, "There is no job with that id.")
+    if not st.db.cancel(job.id):
+        job = st.db.get_job(job.id) or job
+        return problem(409, None, f"the job already {job.status}; only queued or running jobs can be canceled",
+                       FINISHED, code="job_finished", status_now=job.status)
+    return job_json(st.db.get_job(job.id) or job, st.links)
 
 
 def _encode_cursor(after: tuple[datetime, str]) -> str:
