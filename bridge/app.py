@@ -6,14 +6,19 @@ from importlib.metadata import PackageNotFoundError, version
 
 import redis
 from apiflask import APIFlask
+from prometheus_client import CollectorRegistry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from bridge import metrics as bridge_metrics
 from bridge import problems
-from bridge.api import files, health, jobs, voices, whoami
+from bridge.api import files, health, jobs, metrics, voices, whoami
 from bridge.api.deps import SECURITY_SCHEME, BridgeState
 from bridge.auth import TOKEN_TYPE, RedisReplayStore, ReplayStore
 from bridge.db import Database
 from bridge.keys import KeyStore, parse_env_keys
-from bridge.links import LinkSigner, install_log_redaction, load_link_secret
+from bridge.links import LinkSigner, install_log_redaction, link_minter, load_link_secret, object_store
+from bridge.logs import init_request_logging
 from bridge.settings import BridgeSettings, get_settings
 from bridge.storage import Storage
 from bridge.tasks import make_celery
@@ -59,6 +64,7 @@ def create_app(
         },
     )
     problems.register(app)
+    init_request_logging(app)
 
     if key_store is None:
         env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
@@ -67,6 +73,7 @@ def create_app(
     database = Database(settings.database)
     database.create_all()
     install_log_redaction()
+    store = object_store(settings)
     app.extensions["bridge"] = BridgeState(
         settings=settings,
         keys=key_store,
@@ -76,13 +83,32 @@ def create_app(
         ),
         db=database,
         storage=Storage(settings.storage_root),
-        links=LinkSigner(load_link_secret(settings), settings.base_url, settings.link_ttl_s),
+        links=link_minter(settings, store),
+        file_signer=LinkSigner(load_link_secret(settings), settings.base_url, settings.link_ttl_s),
+        object_store=store,
         celery=make_celery(settings, publisher=True),
         engine_settings=engine_settings or EngineSettings(),
     )
+    app.extensions["bridge_metrics"] = _metrics_registry(settings, database)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(whoami.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(voices.bp)
     return app
+
+
+def _metrics_registry(settings: BridgeSettings, database: Database) -> CollectorRegistry:
+    """Gauges read at scrape time from the table, Redis and the disk: right whichever process serves them."""
+    fast = {"socket_timeout": HEALTH_TIMEOUT_S, "socket_connect_timeout": HEALTH_TIMEOUT_S,
+            "retry": Retry(NoBackoff(), 0)}
+    stats = redis.Redis.from_url(settings.redis_url, **fast)
+    broker = redis.Redis.from_url(settings.broker, **fast)
+    return bridge_metrics.make_registry(bridge_metrics.BridgeCollector(
+        queue_depth=bridge_metrics.redis_queue_depth(broker, [settings.queue]),
+        jobs_by_status=database.counts_by_status,
+        failures_by_reason=database.failures_by_reason,
+        heartbeats=lambda: bridge_metrics.read_heartbeats(stats),
+        storage_free_bytes=bridge_metrics.disk_free(settings.storage_root),
+    ))

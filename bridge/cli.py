@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from bridge.keys import KeyFileError, KeyStore, parse_env_keys
 from bridge.settings import BridgeSettings, get_settings
@@ -39,7 +40,9 @@ def _keys_revoke(store: KeyStore, args: argparse.Namespace) -> int:
 def _serve(settings: BridgeSettings) -> int:
     """Waitress when installed (buffers bodies, 413 on chunked uploads), else Flask's development server."""
     from bridge.app import create_app
+    from bridge.logs import configure_logging
 
+    configure_logging(settings.log_level, json=settings.log_json)
     app = create_app(settings)
     try:
         from waitress import serve  # type: ignore[import-not-found]
@@ -57,12 +60,15 @@ def _worker(settings: BridgeSettings) -> int:
     The main process also runs the reaper (bridge/reaper.py), started once the pool is up.
     """
     import redis
-    from celery.signals import worker_ready, worker_shutdown
+    from celery.signals import setup_logging, worker_ready, worker_shutdown
 
     from bridge.db import Database
+    from bridge.logs import configure_logging
+    from bridge.metrics import Heartbeat
     from bridge.reaper import Reaper, ReaperThread, broker_job_ids
     from bridge.tasks import make_celery, publish
 
+    setup_logging.connect(lambda **_: configure_logging(settings.log_level, json=settings.log_json), weak=False)
     app = make_celery(settings)
     broker = redis.Redis.from_url(settings.broker, socket_timeout=settings.redis_timeout_s)
     database = Database(settings.database)
@@ -72,8 +78,19 @@ def _worker(settings: BridgeSettings) -> int:
                lambda: broker_job_ids(broker, settings.queue), grace_s=max(2 * settings.reaper_interval_s, 1.0)),
         settings.reaper_interval_s,
     )
-    worker_ready.connect(lambda **_: reaper.start(), weak=False)
-    worker_shutdown.connect(lambda **_: reaper.stop(), weak=False)
+    beats: list[Heartbeat] = []
+
+    def ready(sender: Any = None, **_: Any) -> None:
+        reaper.start()
+        beats.append(Heartbeat(broker, str(getattr(sender, "hostname", "worker")), settings.worker_heartbeat_s).start())
+
+    def shutdown(**_: Any) -> None:
+        reaper.stop()
+        for beat in beats:
+            beat.stop()
+
+    worker_ready.connect(ready, weak=False)
+    worker_shutdown.connect(shutdown, weak=False)
     app.worker_main([
         "worker", "-P", "prefork", "-c", "1", "-Q", settings.queue, "--loglevel", "INFO", "-O", "fair",
         "-n", f"{settings.queue}-{os.getpid()}@%h", "--without-mingle", "--without-gossip",

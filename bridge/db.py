@@ -140,6 +140,10 @@ class Database:
                     kind = column.type.compile(self.engine.dialect)
                     connection.execute(text(f'ALTER TABLE {Job.__tablename__} ADD COLUMN "{column.name}" {kind}'))
 
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
     def dispose(self) -> None:
         self.engine.dispose()
 

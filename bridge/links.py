@@ -1,8 +1,9 @@
-"""Local download links: ``/files/<job_id>/<name>?exp=<epoch>&sig=<hex>``, HMAC-SHA256 signed, expiring.
+"""Download links for job outputs, minted fresh on every read of a job.
 
-The link itself is the credential (a plugin hands it to Dify, which fetches it without a token), so
-it is never logged; ``install_log_redaction`` scrubs ``sig`` from the development server's access log.
-The download view is ``bridge.api.files``.
+Backend ``local``: ``/files/<job_id>/<name>?exp=<epoch>&sig=<hex>``, HMAC-SHA256 signed, expiring,
+served by ``bridge.api.files``. Backend ``minio``: S3 presigned GET links for the public endpoint.
+Either way the link itself is the credential (a plugin hands it to Dify, which fetches it without a
+token), so it is never logged; ``install_log_redaction`` scrubs ``sig`` from the access log.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import secrets
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlencode
 
+from bridge.objectstore import ObjectStore, S3Config, job_key
 from bridge.problems import TYPE_BASE
 from bridge.settings import BridgeSettings
+from bridge.storage import output_mime
 
 BAD_LINK = TYPE_BASE + "bad-link"
 KEY_FILE = "link.key"
@@ -51,6 +55,45 @@ def load_link_secret(settings: BridgeSettings) -> bytes:
     if len(data) < 32:
         raise RuntimeError(f"{path} holds fewer than 32 bytes; delete it to make a new link key")
     return data
+
+
+class LinkMinter(Protocol):
+    ttl_s: int
+
+    def sign(self, job_id: str, name: str) -> SignedLink: ...
+
+
+class S3Links:
+    """Presigned GET links to ``jobs/<id>/<name>``, with a download name and the right media type."""
+
+    def __init__(self, store: ObjectStore, ttl_s: int) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+
+    def sign(self, job_id: str, name: str) -> SignedLink:
+        url, expires_at = self.store.presign(job_key(job_id, name), ttl_s=self.ttl_s,
+                                             download_name=f"talking-head-{job_id[:8]}-{name}",
+                                             content_type=output_mime(name))
+        return SignedLink(url, expires_at)
+
+
+def object_store(settings: BridgeSettings) -> ObjectStore | None:
+    """The S3 store when ``link_backend`` is ``minio``, else None."""
+    if settings.link_backend != "minio":
+        return None
+    assert settings.s3_endpoint and settings.s3_access_key and settings.s3_secret_key  # checked by the settings
+    return ObjectStore(S3Config(
+        endpoint=settings.s3_endpoint, access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(), bucket=settings.s3_bucket, secure=settings.s3_secure,
+        public_endpoint=settings.s3_public_endpoint, public_secure=settings.s3_public_secure,
+        region=settings.s3_region,
+    ))
+
+
+def link_minter(settings: BridgeSettings, store: ObjectStore | None) -> LinkMinter:
+    if store is not None:
+        return S3Links(store, settings.link_ttl_s)
+    return LinkSigner(load_link_secret(settings), settings.base_url, settings.link_ttl_s)
 
 
 class LinkSigner:

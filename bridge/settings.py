@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -66,6 +66,33 @@ class BridgeSettings(BaseSettings):
     public_base_url: str | None = Field(
         None, description="Scheme, host and port clients reach the bridge on. Default: http://{host}:{port}."
     )
+    retention_s: int = Field(
+        7 * 24 * 3600, ge=60, description="Finished jobs' files (and objects) are deleted this long after they end."
+    )
+
+    log_level: str = Field("INFO", description="Log level of the API and workers.")
+    log_json: bool = Field(True, description="One JSON object per log line (false: plain text for a terminal).")
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token Prometheus sends to GET /metrics. Unset: /metrics is off (404)."
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port each worker serves its Prometheus metrics on (127.0.0.1); 0 is off."
+    )
+    worker_heartbeat_s: float = Field(10.0, gt=0, description="How often a worker writes its heartbeat to Redis.")
+
+    link_backend: Literal["local", "minio"] = Field(
+        "local", description="`local`: the bridge serves outputs under signed URLs; `minio`: presigned S3 links."
+    )
+    s3_endpoint: str | None = Field(None, description="`host:port` the bridge and workers reach S3 (MinIO) on.")
+    s3_secure: bool = Field(True, description="HTTPS to s3_endpoint.")
+    s3_public_endpoint: str | None = Field(
+        None, description="`host:port` clients download from; links are signed for it. Default: s3_endpoint."
+    )
+    s3_public_secure: bool | None = Field(None, description="HTTPS for links. Default: s3_secure.")
+    s3_region: str = Field("us-east-1", description="Region links are signed for (no lookup call is made).")
+    s3_access_key: str | None = Field(None, description="S3 access key.")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret key.")
+    s3_bucket: str = Field("talking-head", description="Private bucket for job outputs; created when missing.")
 
     @field_validator("api_keys", "admin_kids", mode="before")
     @classmethod
@@ -82,6 +109,13 @@ class BridgeSettings(BaseSettings):
     def _heartbeat_inside_lease(self) -> BridgeSettings:
         if self.job_heartbeat_s * 2 > self.job_lease_s:
             raise ValueError("job_heartbeat_s must be at most half of job_lease_s, or live jobs look dead")
+        return self
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> BridgeSettings:
+        if self.link_backend == "minio" and not (self.s3_endpoint and self.s3_access_key and self.s3_secret_key):
+            raise ValueError("link_backend minio needs BRIDGE_S3_ENDPOINT, BRIDGE_S3_ACCESS_KEY and "
+                             "BRIDGE_S3_SECRET_KEY")
         return self
 
     @property

@@ -26,6 +26,10 @@ from celery.signals import worker_process_init
 from celery.utils.log import get_logger, get_task_logger
 
 from bridge.db import TERMINAL, Database, Job, utcnow
+from bridge.links import object_store
+from bridge.logs import get_request_id, log_context
+from bridge.metrics import WorkerMetrics, start_worker_metrics_server
+from bridge.objectstore import ObjectStore, ObjectStoreError, job_key
 from bridge.reaper import crashed_error
 from bridge.settings import BridgeSettings
 from bridge.storage import Storage, output_mime, output_name
@@ -37,6 +41,8 @@ if TYPE_CHECKING:  # the render stack loads in workers only, not in the API that
     from engine.render import Engine, RenderResult
 
 RENDER_TASK = "bridge.render_job"
+REQUEST_ID = "bridge_request_id"
+"""Message header carrying the submitting request's X-Request-ID to the worker's log lines."""
 VISIBILITY_MARGIN_S = 300
 PROGRESS_INTERVAL_S = 0.5
 
@@ -73,18 +79,22 @@ def make_celery(settings: BridgeSettings, *, publisher: bool = False) -> Celery:
         raise RuntimeError("the visibility timeout must exceed the job time limit, or jobs run twice")
     runner = JobRunner(settings)
 
-    @app.task(name=RENDER_TASK, ignore_result=True)
-    def render_job(job_id: str) -> None:
-        runner.run(job_id)
+    @app.task(name=RENDER_TASK, ignore_result=True, bind=True)
+    def render_job(task: Any, job_id: str) -> None:
+        with log_context(request_id=task.request.get(REQUEST_ID)):
+            runner.run(job_id)
 
     worker_process_init.connect(runner.warm_up)  # weak: the receiver lives exactly as long as this app
     return app
 
 
 def publish(app: Celery, queue: str, job_id: str) -> None:
-    """Send one render message; the task id starts with the job id so the reaper can find it in Redis."""
+    """Send one render message; the task id starts with the job id so the reaper can find it in Redis.
+
+    The submitting request's id travels in a header, so the worker's log lines carry it too.
+    """
     app.send_task(RENDER_TASK, args=(job_id,), queue=queue, task_id=f"{job_id}.{uuid.uuid4().hex[:12]}",
-                  retry=False)
+                  retry=False, headers={REQUEST_ID: get_request_id()})
 
 
 def process_owner(pid: int | None = None) -> str:
@@ -148,19 +158,35 @@ class JobRunner:
     _pid: int = field(default=0, init=False)
     _db: Database | None = field(default=None, init=False)
     _engine: Engine | None = field(default=None, init=False)
+    _store: ObjectStore | None = field(default=None, init=False)
+    _bucket_ready: bool = field(default=False, init=False)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics, init=False)
 
     def _resources(self) -> tuple[Database, Engine]:
-        """Per process, never inherited across fork (SQLite handles and models must not be shared)."""
+        """Per process, never inherited across fork (SQLite handles, models and S3 pools must not be shared)."""
         if self._pid != os.getpid() or self._db is None or self._engine is None:
             from engine.render import Engine
 
             self._pid = os.getpid()
             self._db = Database(self.settings.database)
             self._engine = Engine(EngineSettings())
+            self._store = object_store(self.settings)
+            self._bucket_ready = False
         return self._db, self._engine
+
+    def _upload(self, job_id: str, name: str, path: Path) -> None:
+        """Copy one published output to the bucket (link backend minio); a no-op for local links."""
+        if self._store is None:
+            return
+        if not self._bucket_ready:
+            self._store.ensure_bucket()
+            self._bucket_ready = True
+        self._store.upload(job_key(job_id, name), path, output_mime(name) or "application/octet-stream")
 
     def warm_up(self, **_: Any) -> None:
         """Load the renderer's models in the child before the first job, not inside it."""
+        if self.settings.worker_metrics_port:
+            start_worker_metrics_server(self.settings.worker_metrics_port, registry=self.metrics.registry)
         _, engine = self._resources()
         engine.renderer()
         process_log.info("render engine loaded in process %d (renderer %s)", os.getpid(), engine.settings.renderer)
@@ -190,31 +216,50 @@ class JobRunner:
         if attempt is None:
             log.info("job %s is being rendered by %s; dropping this duplicate message", job_id, job.lease_owner)
             return
+        with log_context(job_id=job_id, attempt=attempt, sub=job.sub, worker=owner):
+            self._attempt(db, engine, job, attempt, owner)
+
+    def _attempt(self, db: Database, engine: Engine, job: Job, attempt: int, owner: str) -> None:
+        job_id, settings = job.id, self.settings
         log.info("job %s attempt %d started", job_id, attempt)
+        self.metrics.attempt_started((utcnow() - job.created_at).total_seconds() if attempt == 1 else None)
         work = self.storage.work_dir(job_id, attempt)
         self.storage.drop_stale_work(job_id, attempt)
+        status, reason = "failed", None
         try:
             with LeaseKeeper(db, job_id, attempt, owner, settings.job_lease_s, settings.job_heartbeat_s) as lease:
                 outputs, timings = self._render(db, engine, job, attempt, work, lease.lost)
         except JobAbandoned:
+            status = "abandoned"
             log.info("job %s attempt %d stopped: the job was canceled or taken over", job_id, attempt)
         except SoftTimeLimitExceeded:
+            reason = "time_limit"
             db.finish(job_id, attempt, "failed", error={
-                "code": "time_limit", "message": f"the job ran past its {settings.job_time_limit_s} s limit"})
+                "code": reason, "message": f"the job ran past its {settings.job_time_limit_s} s limit"})
             log.error("job %s attempt %d hit the time limit", job_id, attempt)
         except EngineError as err:
+            reason = err.code
             db.finish(job_id, attempt, "failed", error={"code": err.code, "message": str(err)})
             log.info("job %s attempt %d failed: %s", job_id, attempt, err.code)
+        except ObjectStoreError as err:
+            reason = "object_store_unavailable"
+            db.finish(job_id, attempt, "failed", error={"code": reason, "message": str(err)})
+            log.error("job %s attempt %d could not upload its outputs: %s", job_id, attempt, err)
         except Exception:
+            reason = "internal_error"
             log.exception("job %s attempt %d crashed", job_id, attempt)
             db.finish(job_id, attempt, "failed", error={
-                "code": "internal_error", "message": "the render failed unexpectedly; the error has been logged"})
+                "code": reason, "message": "the render failed unexpectedly; the error has been logged"})
         else:
+            self.metrics.observe_stages(timings)
             if db.finish(job_id, attempt, "succeeded", outputs=outputs, timings=timings):
-                log.info("job %s attempt %d succeeded", job_id, attempt)
+                status = "succeeded"
+                log.info("job %s attempt %d succeeded", job_id, attempt, extra={"duration_s": timings.get("total")})
             else:
+                status = "abandoned"
                 log.warning("job %s attempt %d finished but the job was canceled or taken over", job_id, attempt)
         finally:
+            self.metrics.job_finished(status, reason)
             shutil.rmtree(work, ignore_errors=True)
             with contextlib.suppress(OSError):
                 work.parent.rmdir()  # only when no other attempt's scratch is left
@@ -265,14 +310,14 @@ class JobRunner:
     def _publish(self, job_id: str, index: int, result: RenderResult) -> dict[str, Any]:
         storage = self.storage
         video = output_name("video", "mp4", index)
-        storage.publish(job_id, video, result.video)
+        self._upload(job_id, video, storage.publish(job_id, video, result.video))
         files: dict[str, str | None] = {"poster": None, "subtitles_vtt": None, "subtitles_srt": None}
         for key, stem, ext, source in (("poster", "poster", "jpg", result.poster),
                                        ("subtitles_vtt", "subtitles", "vtt", result.subtitles_vtt),
                                        ("subtitles_srt", "subtitles", "srt", result.subtitles_srt)):
             if source is not None and source.is_file():
-                files[key] = output_name(stem, ext, index)
-                storage.publish(job_id, files[key], source)
+                name = files[key] = output_name(stem, ext, index)
+                self._upload(job_id, name, storage.publish(job_id, name, source))
         return {"avatar_id": result.avatar_id, "name": video, **files,
                 "duration_s": round(result.duration_s, 3), "width": result.width, "height": result.height,
                 "size_bytes": storage.output_path(job_id, video).stat().st_size, "mime": output_mime(video)}

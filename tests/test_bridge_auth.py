@@ -363,7 +363,7 @@ def test_livez_and_readyz(bridge: Bridge) -> None:
     assert bridge.client.get("/livez").get_json() == {"status": "ok"}
     response = bridge.client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json()["checks"] == {"redis": "ok", "storage": "ok"}
+    assert response.get_json()["checks"] == {"database": "ok", "redis": "ok", "storage": "ok"}
 
 
 def test_readyz_names_redis_when_it_is_down(tmp_path: Path) -> None:

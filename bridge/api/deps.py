@@ -14,7 +14,8 @@ from flask import current_app, g, request
 from bridge.auth import SCOPES, AuthError, Claims, ReplayStore, ReplayStoreUnavailable, verify_token
 from bridge.db import Database
 from bridge.keys import KeyFileError, KeyStore
-from bridge.links import LinkSigner
+from bridge.links import LinkMinter, LinkSigner
+from bridge.objectstore import ObjectStore
 from bridge.problems import INSUFFICIENT_SCOPE, INVALID_TOKEN, UNAVAILABLE, problem
 from bridge.settings import BridgeSettings
 from bridge.storage import Storage
@@ -37,7 +38,11 @@ class BridgeState:
     redis: redis.Redis
     db: Database
     storage: Storage
-    links: LinkSigner
+    links: LinkMinter
+    """Mints the links GET /v1/jobs/{id} returns (local or S3, per ``link_backend``)."""
+    file_signer: LinkSigner
+    """Verifies the bridge's own /files links."""
+    object_store: ObjectStore | None
     celery: Celery
     engine_settings: EngineSettings
 

@@ -32,7 +32,7 @@ def download(job_id: str, name: str, query: dict[str, Any]) -> Response:
     if not JOB_ID.fullmatch(job_id) or mime is None:
         return problem(404, None, "There is no resource at this URL.")
     st = state()
-    reason = st.links.verify(job_id, name, query["exp"], query["sig"])
+    reason = st.file_signer.verify(job_id, name, query["exp"], query["sig"])
     if reason is not None:
         current_app.logger.info("refused a download link for job %s (%s)", job_id, name)
         return problem(403, None, reason, BAD_LINK, code="bad_link")

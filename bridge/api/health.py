@@ -1,4 +1,4 @@
-"""Probes: /livez says the process answers; /readyz says it can do work (Redis, storage)."""
+"""Probes: /livez says the process answers; /readyz says it can do work (DB, Redis, storage, S3)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import redis
 from apiflask import APIBlueprint, Schema
 from apiflask.fields import Dict, String
 from flask import Response
+from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.api.deps import state
 from bridge.problems import NOT_READY, problem
@@ -35,16 +36,27 @@ def livez() -> dict[str, str]:
 
 @bp.get("/readyz")
 @bp.output(ReadyOut)
-@bp.doc(summary="Readiness", description="Redis answers PING; the storage root is writable with enough free space.",
+@bp.doc(summary="Readiness", description="The job table answers; Redis answers PING; the storage root is writable "
+        "with enough free space; the S3 bucket answers (link backend minio).",
         responses={503: "Not ready: the problem's detail and checks name what failed"})
 def readyz() -> dict[str, Any] | Response:
     st = state()
-    checks = {"redis": _check_redis(st.redis), "storage": _check_storage()}
+    checks = {"database": _check_database(), "redis": _check_redis(st.redis), "storage": _check_storage()}
+    if st.object_store is not None:
+        checks["object_store"] = st.object_store.ping() or "ok"
     failed = [name for name, result in checks.items() if result != "ok"]
     if failed:
         detail = "not ready: " + "; ".join(f"{name}: {checks[name]}" for name in failed)
         return problem(503, None, detail, NOT_READY, headers={"Retry-After": "5"}, checks=checks)
     return {"status": "ok", "checks": checks}
+
+
+def _check_database() -> str:
+    try:
+        state().db.ping()
+    except SQLAlchemyError as exc:
+        return f"unreachable ({type(exc).__name__})"
+    return "ok"
 
 
 def _check_redis(client: redis.Redis) -> str:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from bridge.api.deps import RETRY_AFTER_S, SECURITY_SCHEME, current_claims, require_token, state
 from bridge.db import Database, IdempotencyConflict, Job
-from bridge.links import LinkSigner
+from bridge.links import LinkMinter
 from bridge.problems import TYPE_BASE, UNAVAILABLE, VALIDATION, problem
 from bridge.storage import JOB_ID
 from bridge.tasks import publish
@@ -107,7 +107,7 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def job_json(job: Job, links: LinkSigner) -> dict[str, Any]:
+def job_json(job: Job, links: LinkMinter) -> dict[str, Any]:
     """The public view of a row; download links are minted now, so they are always fresh."""
     outputs = []
     for out in job.outputs or []:
