@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import redis
 from apiflask import APIFlask
+from flask import Response, current_app, request
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from bridge import metrics as bridge_metrics
 from bridge import problems
-from bridge.api import files, health, jobs, metrics, voices, whoami
+from bridge.api import avatars, files, health, jobs, metrics, voices, whoami
 from bridge.api.deps import SECURITY_SCHEME, BridgeState
 from bridge.auth import TOKEN_TYPE, RedisReplayStore, ReplayStore
 from bridge.db import Database
@@ -64,6 +66,8 @@ def create_app(
         },
     )
     problems.register(app)
+    app.spec_processor(lambda spec: document_uploads(problems.document_problem_responses(spec)))
+    app.before_request(refuse_oversized_chunked_bodies)
     init_request_logging(app)
 
     if key_store is None:
@@ -96,7 +100,40 @@ def create_app(
     app.register_blueprint(jobs.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(voices.bp)
+    app.register_blueprint(avatars.bp)
     return app
+
+
+UPLOAD_PARTS = {("/v1/jobs", "post"): "audio", ("/v1/avatars", "post"): "file"}
+"""Endpoints taking JSON or multipart, with the name of their file part."""
+
+
+def document_uploads(spec: dict[str, Any]) -> dict[str, Any]:
+    """Spec processor: those bodies are JSON or multipart/form-data with a file part (not urlencoded forms)."""
+    for (path, method), part in UPLOAD_PARTS.items():
+        body = spec.get("paths", {}).get(path, {}).get(method, {}).get("requestBody")
+        if not body:
+            continue
+        content = body["content"]
+        form = content.pop("application/x-www-form-urlencoded", None) or content["application/json"]
+        content["multipart/form-data"] = {"schema": {"allOf": [form["schema"], {
+            "type": "object", "properties": {part: {"type": "string", "format": "binary"}}}]}}
+    return spec
+
+
+def refuse_oversized_chunked_bodies() -> Response | None:
+    """413 for a chunked body over the limit (Werkzeug reads such a body only up to the limit and stops).
+
+    Multipart bodies are left to Werkzeug's form parser, which refuses them itself as it streams.
+    """
+    if request.content_length is not None or request.mimetype == "multipart/form-data":
+        return None
+    if "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+        return None
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if len(request.get_data(cache=True)) >= limit:
+        return problems.problem(413, None, f"the request body is larger than the {limit} bytes accepted")
+    return None
 
 
 def _metrics_registry(settings: BridgeSettings, database: Database) -> CollectorRegistry:

@@ -62,10 +62,15 @@ def _worker(settings: BridgeSettings) -> int:
     import redis
     from celery.signals import setup_logging, worker_ready, worker_shutdown
 
+    from bridge.callbacks import Notifier
     from bridge.db import Database
+    from bridge.fetch import fetch_policy
+    from bridge.links import link_minter, object_store
     from bridge.logs import configure_logging
     from bridge.metrics import Heartbeat
     from bridge.reaper import Reaper, ReaperThread, broker_job_ids
+    from bridge.retention import Retention
+    from bridge.storage import Storage
     from bridge.tasks import make_celery, publish
 
     setup_logging.connect(lambda **_: configure_logging(settings.log_level, json=settings.log_json), weak=False)
@@ -73,11 +78,16 @@ def _worker(settings: BridgeSettings) -> int:
     broker = redis.Redis.from_url(settings.broker, socket_timeout=settings.redis_timeout_s)
     database = Database(settings.database)
     database.create_all()
-    reaper = ReaperThread(
+    store = object_store(settings)
+    links = link_minter(settings, store)
+    env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
+    reaper = ReaperThread([
         Reaper(database, lambda job_id: publish(app, settings.queue, job_id), settings.job_max_attempts,
-               lambda: broker_job_ids(broker, settings.queue), grace_s=max(2 * settings.reaper_interval_s, 1.0)),
-        settings.reaper_interval_s,
-    )
+               lambda: broker_job_ids(broker, settings.queue), grace_s=max(2 * settings.reaper_interval_s, 1.0)).sweep,
+        Notifier(database, links, KeyStore(settings.keys_path, env_keys), fetch_policy(settings),
+                 settings.callback_max_attempts, settings.callback_backoff_s).sweep,
+        Retention(database, Storage(settings.storage_root), store, settings.retention_s).sweep,
+    ], settings.reaper_interval_s)
     beats: list[Heartbeat] = []
 
     def ready(sender: Any = None, **_: Any) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    case,
     create_engine,
     event,
     func,
@@ -94,6 +95,32 @@ class Job(Base):
     """The running attempt's heartbeat deadline; past it, the reaper gives the job to another worker."""
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     """Seconds per engine stage of the successful attempt."""
+    kind: Mapped[str | None] = mapped_column(String(16), default="render")
+    """``render`` (text or audio to video) or ``avatar`` (preprocess an uploaded template)."""
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """What an avatar job made: the avatar's description."""
+    callback_url: Mapped[str | None] = mapped_column(Text, default=None)
+    callback_status: Mapped[str | None] = mapped_column(String(16), default=None, index=True)
+    """None (no callback), ``pending``, ``delivered`` or ``failed``."""
+    callback_attempts: Mapped[int | None] = mapped_column(Integer, default=0)
+    callback_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    """When retention deleted the job's files."""
+
+
+class AvatarRow(Base):
+    """Who owns an avatar made through the API. Avatars without a row (samples, CLI-made) are shared."""
+
+    __tablename__ = "avatars"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sub: Mapped[str] = mapped_column(String(255), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="processing")
+    """``processing``, ``ready`` or ``failed``."""
+    job_id: Mapped[str] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +136,10 @@ class IdempotencyConflict(Exception):
     def __init__(self, job: Job) -> None:
         super().__init__(f"idempotency key already used for job {job.id} with a different request")
         self.job = job
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -139,6 +170,8 @@ class Database:
                 if column.name not in present and column.nullable:
                     kind = column.type.compile(self.engine.dialect)
                     connection.execute(text(f'ALTER TABLE {Job.__tablename__} ADD COLUMN "{column.name}" {kind}'))
+                    if column.name == "kind":
+                        connection.execute(text(f"UPDATE {Job.__tablename__} SET kind = 'render'"))
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
@@ -152,7 +185,8 @@ class Database:
 
     def create_job(
         self, sub: str, inputs: dict[str, Any], *, idempotency_key: str | None = None,
-        fingerprint: str | None = None,
+        fingerprint: str | None = None, kind: str = "render", callback_url: str | None = None,
+        avatar: tuple[str, str] | None = None, job_id: str | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job; returns (job, created). An existing job under the same key is returned as is.
 
@@ -163,12 +197,15 @@ class Database:
             if existing is not None:
                 return self._same_request(existing, fingerprint), False
         now = utcnow()
-        job = Job(id=uuid.uuid4().hex, sub=sub, status="queued", stage=None, progress=0.0, attempts=0,
+        job = Job(id=job_id or new_job_id(), sub=sub, status="queued", stage=None, progress=0.0, attempts=0,
                   inputs=inputs, outputs=[], idempotency_key=idempotency_key, request_fingerprint=fingerprint,
-                  created_at=now, updated_at=now)
+                  created_at=now, updated_at=now, kind=kind, callback_url=callback_url, callback_attempts=0)
         try:
             with self.session() as session, session.begin():
                 session.add(job)
+                if avatar is not None:  # (avatar id, name): the avatar an avatar job makes, owned by sub
+                    session.add(AvatarRow(id=avatar[0], sub=sub, name=avatar[1], status="processing",
+                                          job_id=job.id, created_at=now))
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -268,15 +305,18 @@ class Database:
     def finish(
         self, job_id: str, attempt: int, status: Status, *, outputs: list[dict[str, Any]] | None = None,
         error: dict[str, str] | None = None, timings: dict[str, float] | None = None,
+        result: dict[str, Any] | None = None,
     ) -> bool:
         """Move an active job still at ``attempt`` to a terminal status; False when a newer attempt owns it."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a terminal status")
         now = utcnow()
         values: dict[str, Any] = {"status": status, "updated_at": now, "finished_at": now, "lease_owner": None,
-                                  "lease_expires_at": None, "stage": "done" if status == "succeeded" else status}
+                                  "lease_expires_at": None, "stage": "done" if status == "succeeded" else status,
+                                  **_callback_due(now)}
         if status == "succeeded":
-            values.update(progress=1.0, outputs=outputs or [], error_code=None, error_message=None, timings=timings)
+            values.update(progress=1.0, outputs=outputs or [], error_code=None, error_message=None, timings=timings,
+                          result=result)
         if error is not None:
             values.update(error_code=error.get("code"), error_message=error.get("message"))
         with self.session() as session, session.begin():
@@ -292,7 +332,8 @@ class Database:
             result = session.execute(
                 update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(
                     status="canceled", stage="canceled", updated_at=now, finished_at=now, lease_owner=None,
-                    lease_expires_at=None, error_code="canceled", error_message="canceled by the caller")
+                    lease_expires_at=None, error_code="canceled", error_message="canceled by the caller",
+                    **_callback_due(now))
             )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -330,3 +371,69 @@ class Database:
             rows = session.execute(select(Job.error_code, func.count()).where(Job.status == "failed")
                                    .group_by(Job.error_code)).all()
         return {str(code or "unknown"): int(n) for code, n in rows}
+
+    # --- callbacks ---------------------------------------------------------------------------------
+
+    def callbacks_due(self, limit: int = 20) -> list[Job]:
+        with self.session() as session:
+            return list(session.scalars(select(Job).where(
+                Job.callback_status == "pending", Job.callback_next_at <= utcnow()).limit(limit)).all())
+
+    def claim_callback(self, job: Job, hold_s: float) -> bool:
+        """Take one delivery attempt (one notifier wins); ``hold_s`` later it is due again if this one dies."""
+        with self.session() as session, session.begin():
+            result = session.execute(update(Job).where(
+                Job.id == job.id, Job.callback_status == "pending", Job.callback_attempts == job.callback_attempts,
+            ).values(callback_attempts=(job.callback_attempts or 0) + 1,
+                     callback_next_at=utcnow() + timedelta(seconds=hold_s)))
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def callback_done(self, job_id: str, status: str, next_at: datetime | None = None) -> None:
+        """``delivered``, ``failed``, or still ``pending`` until ``next_at``."""
+        with self.session() as session, session.begin():
+            session.execute(update(Job).where(Job.id == job_id).values(callback_status=status,
+                                                                        callback_next_at=next_at))
+
+    # --- retention ---------------------------------------------------------------------------------
+
+    def expired_files(self, before: datetime, limit: int = 100) -> list[Job]:
+        """Finished jobs whose files outlived retention and are still on disk."""
+        with self.session() as session:
+            return list(session.scalars(select(Job).where(
+                Job.status.in_(TERMINAL), Job.finished_at < before, Job.purged_at.is_(None)).limit(limit)).all())
+
+    def mark_purged(self, job_id: str) -> None:
+        with self.session() as session, session.begin():
+            session.execute(update(Job).where(Job.id == job_id).values(purged_at=utcnow()))
+
+    # --- avatars -----------------------------------------------------------------------------------
+
+    def avatar(self, avatar_id: str) -> AvatarRow | None:
+        with self.session() as session:
+            return session.get(AvatarRow, avatar_id)
+
+    def avatars_of(self, sub: str | None) -> list[AvatarRow]:
+        """Every API-made avatar of ``sub`` (``None``: of everyone), newest first."""
+        query = select(AvatarRow).order_by(AvatarRow.created_at.desc())
+        if sub is not None:
+            query = query.where(AvatarRow.sub == sub)
+        with self.session() as session:
+            return list(session.scalars(query).all())
+
+    def set_avatar_status(self, avatar_id: str, status: str, error_message: str | None = None) -> None:
+        with self.session() as session, session.begin():
+            session.execute(update(AvatarRow).where(AvatarRow.id == avatar_id).values(
+                status=status, error_message=error_message))
+
+    def delete_avatar(self, avatar_id: str) -> None:
+        with self.session() as session, session.begin():
+            row = session.get(AvatarRow, avatar_id)
+            if row is not None:
+                session.delete(row)
+
+
+def _callback_due(now: datetime) -> dict[str, Any]:
+    """On reaching a final status, a job with a callback URL owes one delivery, due now."""
+    has_callback = Job.callback_url.is_not(None)
+    return {"callback_status": case((has_callback, "pending"), else_=None),
+            "callback_next_at": case((has_callback, now), else_=None)}

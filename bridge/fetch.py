@@ -29,6 +29,7 @@ from requests_hardened import Config, HTTPSession
 from requests_hardened.ip_filter import EXTRA_BLOCKED_NET_RANGES, InvalidIPAddress
 from requests_hardened.ip_filter_adapter import IPFilterAdapter
 
+from bridge.settings import BridgeSettings
 from engine.errors import EngineError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -81,6 +82,12 @@ class FetchPolicy:
     def allow_listed(self, host: str, port: int) -> bool:
         shown = f"[{host}]" if ":" in host else host
         return bool({host, shown, f"{shown}:{port}"} & self.allow_http_hosts)
+
+
+def fetch_policy(settings: BridgeSettings) -> FetchPolicy:
+    """The bridge's policy: its allow-list, its body size limit as the byte cap, its fetch timeout."""
+    return FetchPolicy(allow_http_hosts=frozenset(settings.fetch_allow_http_hosts),
+                       max_bytes=settings.max_content_length, timeout_s=settings.fetch_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,51 @@ def fetch(url: str, dest: Path, policy: FetchPolicy, *, field: str = "url") -> F
             current = urljoin(current, location).split("#", 1)[0]
     raise _Said(field, "").error(f"the link redirects more than {policy.max_redirects} times; link to the file itself",
                                  "too_many_redirects")
+
+
+def check_url(url: str, policy: FetchPolicy, *, field: str = "url") -> None:
+    """Refuse a URL the fetcher would refuse, now (at submit time), resolving its host but connecting nowhere.
+
+    Delivery checks again, connecting only to the address it vetted, so a DNS answer that changes in
+    between gains nothing.
+    """
+    said = _Said(field, "")
+    try:
+        target = _vet(url, policy)
+    except _Refused as exc:
+        raise said.error(str(exc.args[0]), "url_not_allowed") from None
+    if target.allow_listed:
+        return
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise said.error(f"the host {target.host} does not resolve; check the URL", "url_not_allowed") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if reason := forbidden_reason(address):
+            raise said.error(f"the host {target.host} resolves to {reason} ({address}); use a public https URL",
+                             "url_not_allowed")
+
+
+def post_json(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy, *, field: str = "url") -> int:
+    """POST ``body`` as JSON under the same rules as ``fetch``; redirects are not followed. The HTTP status.
+
+    Raises ``FetchError`` when the URL is refused or the server cannot be reached in time.
+    """
+    deadline = time.monotonic() + policy.timeout_s
+    said = _Said(field, "")
+    try:
+        target = _vet(url, policy)
+    except _Refused as exc:
+        raise said.error(str(exc.args[0]), "url_not_allowed") from None
+    with _session(policy) as session:
+        try:
+            response = session.post(url, data=body, allow_redirects=False, timeout=_timeouts(deadline),
+                                    headers={"Content-Type": "application/json", **headers})
+        except (requests.RequestException, TimeoutError) as exc:
+            raise _user_error(exc, said, target, policy, deadline) from None
+        with response:
+            return int(response.status_code)
 
 
 @dataclass(frozen=True)

@@ -113,10 +113,13 @@ class Reaper:
 
 
 class ReaperThread:
-    """Runs ``Reaper.sweep`` every ``interval_s`` in a daemon thread; errors are logged, never raised."""
+    """Runs each sweep (reaper, callbacks, retention) every ``interval_s`` in a daemon thread.
 
-    def __init__(self, reaper: Reaper, interval_s: float) -> None:
-        self.reaper = reaper
+    A failing sweep is logged and tried again next round; it never stops the others.
+    """
+
+    def __init__(self, sweeps: Iterable[Callable[[], object]], interval_s: float) -> None:
+        self.sweeps = list(sweeps)
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,8 +136,10 @@ class ReaperThread:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.reaper.sweep()
-            except Exception:
-                log.exception("reaper sweep failed; retrying in %.0f s", self.interval_s)
+            for sweep in self.sweeps:
+                try:
+                    sweep()
+                except Exception:
+                    log.exception("maintenance sweep %s failed; retrying in %.0f s",
+                                  getattr(sweep, "__qualname__", sweep), self.interval_s)
             self._stop.wait(self.interval_s)

@@ -42,7 +42,19 @@ class BridgeSettings(BaseSettings):
         default_factory=list, description="Key ids (comma-separated) whose tokens carry the admin flag."
     )
 
-    max_content_length: int = Field(16 * 1024 * 1024, ge=1, description="Largest request body in bytes (413 above).")
+    max_content_length: int = Field(
+        200 * 1024 * 1024, ge=1024, description="Largest request body, upload or download in bytes (413 above)."
+    )
+    fetch_allow_http_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts (`host` or `host:port`, comma-separated) that `audio_url`, avatar `url` and "
+        "`callback_url` may name over plain HTTP and on private addresses, e.g. an internal MinIO.",
+    )
+    fetch_timeout_s: float = Field(30.0, gt=0, description="Total time allowed for downloading a user URL.")
+    callback_max_attempts: int = Field(6, ge=1, description="Deliveries of a callback before giving up.")
+    callback_backoff_s: float = Field(
+        5.0, gt=0, description="Wait before the second delivery; doubles each time, at most 10 minutes."
+    )
     min_free_bytes: int = Field(1024**3, ge=0, description="/readyz fails when the storage root has less free space.")
 
     database_url: str | None = Field(
@@ -94,7 +106,7 @@ class BridgeSettings(BaseSettings):
     s3_secret_key: SecretStr | None = Field(None, description="S3 secret key.")
     s3_bucket: str = Field("talking-head", description="Private bucket for job outputs; created when missing.")
 
-    @field_validator("api_keys", "admin_kids", mode="before")
+    @field_validator("api_keys", "admin_kids", "fetch_allow_http_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)

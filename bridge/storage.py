@@ -23,7 +23,7 @@ avatar, with ``-<n>`` before the extension for the n-th further avatar of a batc
 OUTPUT_NAMES: dict[str, str] = {"video.mp4": "video/mp4", "poster.jpg": "image/jpeg",
                                 "subtitles.vtt": "text/vtt", "subtitles.srt": "application/x-subrip"}
 """The names of a single-avatar job."""
-INPUT_NAME = re.compile(r"audio\.(?:wav|mp3|m4a|aac|flac|ogg)")
+INPUT_NAME = re.compile(r"audio\.(?:wav|mp3|m4a|aac|flac|ogg)|avatar\.(?:mp4|mov|mkv|webm|avi|flv|png|jpg|webp)")
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -59,6 +59,10 @@ class Storage:
     def work_dir(self, job_id: str, attempt: int) -> Path:
         """Scratch space for one attempt, so a redelivered task never trips over a dead attempt's files."""
         return self.job_dir(job_id) / "work" / f"attempt-{int(attempt)}"
+
+    def drop_job(self, job_id: str) -> None:
+        """Delete every file of a job (retention, or an upload that turned out to be a replay)."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def drop_stale_work(self, job_id: str, attempt: int) -> None:
         """Remove the scratch of earlier attempts: their workers died or lost the job to this attempt."""

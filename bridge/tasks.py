@@ -228,7 +228,11 @@ class JobRunner:
         status, reason = "failed", None
         try:
             with LeaseKeeper(db, job_id, attempt, owner, settings.job_lease_s, settings.job_heartbeat_s) as lease:
-                outputs, timings = self._render(db, engine, job, attempt, work, lease.lost)
+                if job.kind == "avatar":
+                    outputs, timings, result = [], {}, self._make_avatar(db, engine, job, attempt, lease.lost)
+                else:
+                    outputs, timings = self._render(db, engine, job, attempt, work, lease.lost)
+                    result = None
         except JobAbandoned:
             status = "abandoned"
             log.info("job %s attempt %d stopped: the job was canceled or taken over", job_id, attempt)
@@ -252,7 +256,7 @@ class JobRunner:
                 "code": reason, "message": "the render failed unexpectedly; the error has been logged"})
         else:
             self.metrics.observe_stages(timings)
-            if db.finish(job_id, attempt, "succeeded", outputs=outputs, timings=timings):
+            if db.finish(job_id, attempt, "succeeded", outputs=outputs, timings=timings, result=result):
                 status = "succeeded"
                 log.info("job %s attempt %d succeeded", job_id, attempt, extra={"duration_s": timings.get("total")})
             else:
@@ -260,6 +264,8 @@ class JobRunner:
                 log.warning("job %s attempt %d finished but the job was canceled or taken over", job_id, attempt)
         finally:
             self.metrics.job_finished(status, reason)
+            if job.kind == "avatar" and status == "failed":
+                db.set_avatar_status(str(job.inputs["avatar_id"]), "failed", _error_of(db, job_id))
             shutil.rmtree(work, ignore_errors=True)
             with contextlib.suppress(OSError):
                 work.parent.rmdir()  # only when no other attempt's scratch is left
@@ -307,6 +313,28 @@ class JobRunner:
             done += 1
         return outputs, timings
 
+    def _make_avatar(self, db: Database, engine: Engine, job: Job, attempt: int,
+                     lost: threading.Event) -> dict[str, Any]:
+        """Preprocess an uploaded template into the engine's avatar store (face track, mouth crops)."""
+        avatar_id = check_id(str(job.inputs["avatar_id"]))
+        source = self.storage.input_path(job.id, str(job.inputs["upload"]))
+
+        def progress(stage: str, fraction: float) -> None:
+            if lost.is_set():
+                raise JobAbandoned(job.id)
+            db.update_progress(job.id, attempt, stage, fraction)
+
+        avatar = engine.avatars.add(source, avatar_id=avatar_id, name=str(job.inputs.get("name") or avatar_id),
+                                    progress=progress)
+        if lost.is_set() or db.avatar(avatar_id) is None:  # canceled, taken over, or deleted meanwhile
+            if db.avatar(avatar_id) is None:
+                engine.avatars.delete(avatar.id)
+            raise JobAbandoned(job.id)
+        db.set_avatar_status(avatar_id, "ready")
+        return {"id": avatar.id, "name": avatar.name, "kind": avatar.kind, "width": avatar.width,
+                "height": avatar.height, "fps": avatar.fps, "duration_s": round(avatar.duration_s, 3),
+                "notes": list(avatar.notes)}
+
     def _publish(self, job_id: str, index: int, result: RenderResult) -> dict[str, Any]:
         storage = self.storage
         video = output_name("video", "mp4", index)
@@ -321,6 +349,11 @@ class JobRunner:
         return {"avatar_id": result.avatar_id, "name": video, **files,
                 "duration_s": round(result.duration_s, 3), "width": result.width, "height": result.height,
                 "size_bytes": storage.output_path(job_id, video).stat().st_size, "mime": output_mime(video)}
+
+
+def _error_of(db: Database, job_id: str) -> str | None:
+    row = db.get_job(job_id)
+    return row.error_message if row is not None else None
 
 
 def _lease_over(job: Job) -> bool:

@@ -1,7 +1,9 @@
-"""Render jobs: POST /v1/jobs (202 + Location), GET /v1/jobs/{id}, GET /v1/jobs (cursor pages).
+"""Render jobs: POST /v1/jobs (202 + Location), GET /v1/jobs/{id}, cancel, GET /v1/jobs (cursor pages).
 
 The row is written before the message is published, so a broker outage leaves a queued row and a
-503 the client can retry with the same Idempotency-Key (the retry re-publishes).
+503; the worker's reaper publishes it later, and a retry with the same Idempotency-Key gets the same
+job. Audio comes as text (spoken by the engine), an ``audio_url`` or a multipart ``audio`` part; either
+of the last two is downloaded or saved and checked with ffprobe before the job exists.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ import base64
 import binascii
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from apiflask import APIBlueprint, Schema
-from apiflask.fields import Boolean, Float, Integer, List, Nested, String
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
 from flask import Response, current_app, request
 from kombu.exceptions import KombuError
@@ -22,36 +24,56 @@ from marshmallow import ValidationError, validates
 from redis.exceptions import RedisError
 
 from bridge.api.deps import RETRY_AFTER_S, SECURITY_SCHEME, current_claims, require_token, state
-from bridge.db import Database, IdempotencyConflict, Job
-from bridge.links import LinkMinter
+from bridge.api.intake import Intake, check_callback, refused, take_upload, take_url
+from bridge.db import Database, IdempotencyConflict, Job, new_job_id
+from bridge.jobview import job_json
 from bridge.problems import TYPE_BASE, UNAVAILABLE, VALIDATION, problem
 from bridge.storage import JOB_ID
 from bridge.tasks import publish
 from engine import EngineError
-from engine.avatars import AvatarStore
+from engine.avatars import ID_PATTERN, AvatarStore
 
 bp = APIBlueprint("jobs", __name__, tag="jobs")
 
 POLL_AFTER_S = "2"
 MAX_KEY_LENGTH = 255
+MAX_BATCH = 10
+DEFAULT_AVATAR = "astronaut"
 RESOLUTIONS = ("source", "720p", "1080p")
+RENDERERS = ("procedural", "wav2lip", "heygem")
 IDEMPOTENCY = TYPE_BASE + "idempotency-key-reused"
 FINISHED = TYPE_BASE + "job-finished"
+UPLOAD_FIELD = "audio"
 
 
 class JobIn(Schema):
-    text = String(required=True, validate=Length(min=1),
-                  metadata={"description": "What the avatar says (at most the engine's max_text_chars)."})
-    avatar_id = String(load_default="astronaut", validate=Length(1, 64), metadata={"example": "astronaut"})
+    """The job, as JSON or as multipart form fields (with the audio file in the ``audio`` part)."""
+
+    text = String(load_default=None, validate=Length(min=1),
+                  metadata={"description": "What the avatar says. Give exactly one of text, audio_url and an "
+                            "`audio` file part."})
+    audio_url = String(load_default=None, validate=Length(1, 2048),
+                       metadata={"description": "https URL of a recording (wav, mp3, m4a, aac, flac, ogg) to "
+                                 "lip-sync instead of text.", "example": "https://files.example.com/hello.mp3"})
+    avatar_id = String(load_default=None, validate=Length(1, 64),
+                       metadata={"example": DEFAULT_AVATAR, "description": f"Default: {DEFAULT_AVATAR}."})
+    avatar_ids = List(String(validate=Length(1, 64)), load_default=None, validate=Length(1, MAX_BATCH),
+                      metadata={"description": "Batch: one speech, one video per avatar (instead of avatar_id)."})
     lang = String(load_default="auto", validate=Length(1, 16), metadata={"description": "BCP 47 tag or auto."})
-    voice = String(load_default=None, allow_none=True, validate=Length(1, 128))
+    voice = String(load_default=None, allow_none=True, validate=Length(1, 128),
+                   metadata={"description": "A voice id from GET /v1/voices."})
     speed = Float(load_default=1.0, validate=Range(0.5, 2.0))
     resolution = String(load_default="source", validate=OneOf(RESOLUTIONS))
     subtitles = Boolean(load_default=False, metadata={"description": "Also make WebVTT and SRT subtitles."})
+    renderer = String(load_default=None, allow_none=True, validate=OneOf(RENDERERS),
+                      metadata={"description": "Lip-sync renderer; default: the server's."})
+    callback_url = String(load_default=None, allow_none=True, validate=Length(1, 2048),
+                          metadata={"description": "https URL the finished job is POSTed to, signed with "
+                                    "X-Signature (HMAC-SHA256 with your API key's secret)."})
 
     @validates("text")
-    def _not_blank(self, value: str, **_: Any) -> None:
-        if not value.strip():
+    def _not_blank(self, value: str | None, **_: Any) -> None:
+        if value is not None and not value.strip():
             raise ValidationError("must contain something to say")
 
 
@@ -75,6 +97,7 @@ class OutputOut(Schema):
 
 class JobOut(Schema):
     id = String(required=True)
+    kind = String(required=True, validate=OneOf(["render", "avatar"]))
     status = String(required=True, validate=OneOf(["queued", "running", "succeeded", "failed", "canceled"]))
     stage = String(allow_none=True)
     progress = Float(required=True)
@@ -84,7 +107,9 @@ class JobOut(Schema):
     updated_at = String(required=True)
     started_at = String(allow_none=True)
     finished_at = String(allow_none=True)
-    outputs = List(Nested(OutputOut), required=True)
+    outputs = List(Nested(OutputOut), required=True, metadata={"description": "One per avatar, in request order."})
+    avatar = Dict(allow_none=True, metadata={"description": "What an avatar job made (kind avatar)."})
+    files_deleted_at = String(allow_none=True, metadata={"description": "When retention deleted the outputs."})
 
 
 class JobCreatedHeaders(Schema):
@@ -103,31 +128,7 @@ class ListQuery(Schema):
     cursor = String(load_default=None, allow_none=True, validate=Length(1, 200))
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def job_json(job: Job, links: LinkMinter) -> dict[str, Any]:
-    """The public view of a row; download links are minted now, so they are always fresh."""
-    outputs = []
-    for out in job.outputs or []:
-        video = links.sign(job.id, out["name"])
-        outputs.append({
-            "avatar_id": out["avatar_id"],
-            "video_url": video.url,
-            "poster_url": links.sign(job.id, out["poster"]).url if out.get("poster") else None,
-            "subtitles_url": links.sign(job.id, out["subtitles_vtt"]).url if out.get("subtitles_vtt") else None,
-            "expires_at": _iso(datetime.fromtimestamp(video.expires_at, UTC)),
-            **{key: out[key] for key in ("duration_s", "width", "height", "size_bytes", "mime")},
-        })
-    error = {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
-    return {"id": job.id, "status": job.status, "stage": job.stage, "progress": job.progress,
-            "attempts": job.attempts, "error": error, "created_at": _iso(job.created_at),
-            "updated_at": _iso(job.updated_at), "started_at": _iso(job.started_at),
-            "finished_at": _iso(job.finished_at), "outputs": outputs}
-
-
-def _invalid(field: str, message: str, where: str = "json") -> Response:
+def _invalid(field: str, message: str, where: str = "body") -> Response:
     return problem(422, None, f"{field}: {message}", VALIDATION, field,
                    errors=[{"in": where, "field": field, "message": message}])
 
@@ -137,7 +138,7 @@ def _fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _dispatch(db: Database, job: Job) -> Response | None:
+def dispatch(db: Database, job: Job) -> Response | None:
     """Publish the job id; a 503 problem when the broker cannot take it (the row stays queued)."""
     st = state()
     try:
@@ -150,35 +151,104 @@ def _dispatch(db: Database, job: Job) -> Response | None:
     return None
 
 
+def avatar_problem(avatar_id: str, field: str) -> Response | None:
+    """None when the caller may render ``avatar_id``; else a 422 that reveals no other caller's avatars."""
+    st = state()
+    claims = current_claims()
+    if not ID_PATTERN.fullmatch(avatar_id):
+        return _invalid(field, "not an avatar id: 1-64 characters a-z, 0-9, '-' or '_'")
+    unknown = _invalid(field, f"no avatar {avatar_id!r}; GET /v1/avatars lists the ones you can use")
+    row = st.db.avatar(avatar_id)
+    if row is not None and row.sub != claims.sub and not claims.admin:
+        return unknown
+    if row is not None and row.status != "ready":
+        return _invalid(field, f"avatar {avatar_id!r} is {row.status}; wait for its job or upload it again")
+    try:
+        AvatarStore(st.engine_settings).get(avatar_id)
+    except EngineError:
+        return unknown
+    return None
+
+
+def idempotency_key() -> str | Response | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
+        return _invalid("Idempotency-Key", f"must be 1-{MAX_KEY_LENGTH} printable ASCII characters", "headers")
+    return key
+
+
+def _speech_source(body: dict[str, Any]) -> Intake | Response | None:
+    """The uploaded or downloaded audio (None for text); a 422 when the sources are not exactly one."""
+    upload = request.files.get(UPLOAD_FIELD)
+    given = [name for name, value in (("text", body["text"]), ("audio_url", body["audio_url"]),
+                                      (UPLOAD_FIELD, upload)) if value]
+    if len(given) != 1:
+        what = " and ".join(given) if given else "none of them"
+        return _invalid("text", f"give exactly one of text, audio_url and an audio file part (got {what})")
+    if body["text"] is not None:
+        limit = state().engine_settings.max_text_chars
+        return _invalid("text", f"longer than the {limit} characters allowed") if len(body["text"]) > limit else None
+    try:
+        if upload is not None:
+            return take_upload(upload, "audio", UPLOAD_FIELD)
+        return take_url(body["audio_url"], "audio", "audio_url")
+    except EngineError as err:
+        return refused(err)
+
+
 @bp.post("/v1/jobs")
 @require_token("jobs:write")
-@bp.input(JobIn, location="json", arg_name="body")
+@bp.input(JobIn, location="json_or_form", arg_name="body")
 @bp.output(JobOut, status_code=202, headers=JobCreatedHeaders,
            description="Accepted: poll the Location until status is succeeded, failed or canceled.")
 @bp.doc(summary="Submit a render job", security=SECURITY_SCHEME, responses={
     403: "The token lacks the jobs:write scope",
-    422: "The body is invalid, the avatar is unknown, or the Idempotency-Key was used with another body",
+    413: "The body (or the audio upload) is larger than the bridge accepts",
+    422: "The body is invalid, the audio was refused, the avatar is unknown, or the Idempotency-Key was used "
+         "with another body",
     503: "Tokens cannot be verified or the job queue is unavailable; the response has Retry-After"})
 def create_job(body: dict[str, Any]) -> Any:
     st = state()
-    limit = st.engine_settings.max_text_chars
-    if len(body["text"]) > limit:
-        return _invalid("text", f"longer than the {limit} characters allowed")
+    claims = current_claims()
+    if body["avatar_id"] and body["avatar_ids"]:
+        return _invalid("avatar_ids", "give avatar_id or avatar_ids, not both")
+    avatars = body["avatar_ids"] or [body["avatar_id"] or DEFAULT_AVATAR]
+    field = "avatar_ids" if body["avatar_ids"] else "avatar_id"
+    for avatar_id in avatars:
+        if (failure := avatar_problem(avatar_id, field)) is not None:
+            return failure
+    if body["callback_url"]:
+        try:
+            check_callback(body["callback_url"])
+        except EngineError as err:
+            return refused(err)
+    key = idempotency_key()
+    if isinstance(key, Response):
+        return key
+    source = _speech_source(body)
+    if isinstance(source, Response):
+        return source
+    inputs = {k: v for k, v in body.items() if k not in {"avatar_id", "avatar_ids", "audio_url", "callback_url"}}
+    inputs["avatar_ids"] = avatars
+    if source is not None:
+        inputs.update(text=None, audio=f"audio.{source.media.ext.lstrip('.')}", audio_sha256=source.sha256)
+    fingerprint = _fingerprint({**inputs, "callback_url": body["callback_url"]}) if key is not None else None
+    job_id = new_job_id()
     try:
-        AvatarStore(st.engine_settings).get(body["avatar_id"])
-    except EngineError as err:
-        return _invalid("avatar_id", str(err))
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
-        return _invalid("Idempotency-Key", f"must be 1-{MAX_KEY_LENGTH} printable ASCII characters", "headers")
-    try:
-        job, created = st.db.create_job(current_claims().sub, body, idempotency_key=key,
-                                        fingerprint=_fingerprint(body) if key is not None else None)
+        if source is not None:
+            st.storage.put_input(job_id, inputs["audio"], source.path)
+        job, created = st.db.create_job(claims.sub, {**inputs, "kid": claims.kid}, idempotency_key=key,
+                                        fingerprint=fingerprint, callback_url=body["callback_url"], job_id=job_id)
     except IdempotencyConflict:
         return problem(422, None, "this Idempotency-Key was already used with a different request body",
                        IDEMPOTENCY, "Idempotency-Key", code="idempotency_key_reused")
+    finally:
+        if source is not None:
+            source.discard()
+    if not created and source is not None:
+        st.storage.drop_job(job_id)  # a replay: the first request's copy is the one its job uses
     if created or job.dispatched_at is None:
-        failure = _dispatch(st.db, job)
+        failure = dispatch(st.db, job)
         if failure is not None:
             return failure
     return job_json(job, st.links), 202, {"Location": f"/v1/jobs/{job.id}", "Retry-After": POLL_AFTER_S}
@@ -215,6 +285,8 @@ def cancel_job(job_id: str) -> Any:
         job = st.db.get_job(job.id) or job
         return problem(409, None, f"the job already {job.status}; only queued or running jobs can be canceled",
                        FINISHED, code="job_finished", status_now=job.status)
+    if job.kind == "avatar":
+        st.db.set_avatar_status(str(job.inputs["avatar_id"]), "failed", "its preprocessing job was canceled")
     return job_json(st.db.get_job(job.id) or job, st.links)
 
 

@@ -1,0 +1,168 @@
+"""Avatars: GET /v1/avatars, POST /v1/avatars (upload or url → a preprocessing job), DELETE /v1/avatars/{id}.
+
+An avatar made through the API belongs to its caller's ``sub`` (the ``avatars`` table); avatars that
+exist only in the engine's store (the samples, ones made with ``python -m engine avatars add``) are
+shared by everyone and deleted only by an admin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+from apiflask import APIBlueprint, Schema
+from apiflask.fields import Boolean, Float, Integer, List, Nested, String
+from apiflask.validators import Length
+from flask import Response, request
+
+from bridge.api.deps import SECURITY_SCHEME, current_claims, require_token, state
+from bridge.api.intake import refused, take_upload, take_url
+from bridge.api.jobs import JobOut, _invalid, dispatch, idempotency_key
+from bridge.db import AvatarRow, IdempotencyConflict, new_job_id
+from bridge.jobview import iso, job_json
+from bridge.problems import TYPE_BASE, problem
+from engine import EngineError
+from engine.avatars import ID_PATTERN, Avatar, AvatarStore
+
+bp = APIBlueprint("avatars", __name__, tag="avatars")
+UPLOAD_FIELD = "file"
+SHARED_ONLY_ADMIN = TYPE_BASE + "shared-avatar"
+
+
+class AvatarIn(Schema):
+    """JSON with ``url``, or multipart form fields with the video or photo in the ``file`` part."""
+
+    name = String(load_default=None, validate=Length(1, 100), metadata={"example": "Ada, front camera"})
+    url = String(load_default=None, validate=Length(1, 2048),
+                 metadata={"description": "https URL of a video (MP4/MOV, MKV/WebM, AVI, FLV) or photo "
+                           "(PNG, JPEG, WebP) of one face; or upload it as the `file` part."})
+
+
+class AvatarOut(Schema):
+    id = String(required=True, metadata={"description": "Pass as avatar_id in POST /v1/jobs."})
+    name = String(required=True)
+    status = String(required=True, metadata={"description": "processing, ready or failed."})
+    shared = Boolean(required=True, metadata={"description": "Made by the operator; usable by every caller."})
+    kind = String(allow_none=True, metadata={"description": "video or photo (once ready)."})
+    width = Integer(allow_none=True)
+    height = Integer(allow_none=True)
+    fps = Float(allow_none=True)
+    duration_s = Float(allow_none=True)
+    job_id = String(allow_none=True, metadata={"description": "The preprocessing job (API-made avatars)."})
+    error = String(allow_none=True)
+    created_at = String(allow_none=True)
+
+
+class AvatarList(Schema):
+    avatars = List(Nested(AvatarOut), required=True)
+
+
+class AvatarCreated(Schema):
+    avatar = Nested(AvatarOut, required=True)
+    job = Nested(JobOut, required=True)
+
+
+def _describe(avatar: Avatar | None, row: AvatarRow | None) -> dict[str, Any]:
+    made = {"kind": avatar.kind, "width": avatar.width, "height": avatar.height, "fps": avatar.fps,
+            "duration_s": round(avatar.duration_s, 3)} if avatar else dict.fromkeys(
+        ("kind", "width", "height", "fps", "duration_s"))
+    if row is None:
+        assert avatar is not None
+        return {"id": avatar.id, "name": avatar.name, "status": "ready", "shared": True, **made, "job_id": None,
+                "error": None, "created_at": None}
+    return {"id": row.id, "name": row.name, "status": row.status, "shared": False, **made, "job_id": row.job_id,
+            "error": row.error_message, "created_at": iso(row.created_at)}
+
+
+@bp.get("/v1/avatars")
+@require_token("jobs:read")
+@bp.output(AvatarList, description="Your avatars (any status), then the shared ones.")
+@bp.doc(summary="List avatars", security=SECURITY_SCHEME,
+        responses={403: "The token lacks the jobs:read scope", 503: "Tokens cannot be verified right now"})
+def list_avatars() -> Any:
+    st = state()
+    claims = current_claims()
+    made = {a.id: a for a in AvatarStore(st.engine_settings).list()}
+    everyone = {row.id: row for row in st.db.avatars_of(None)}
+    mine = [row for row in everyone.values() if row.sub == claims.sub or claims.admin]
+    shared = [a for a in made.values() if a.id not in everyone]
+    return {"avatars": [_describe(made.get(row.id), row) for row in mine] + [_describe(a, None) for a in shared]}
+
+
+@bp.post("/v1/avatars")
+@require_token("avatars:write")
+@bp.input(AvatarIn, location="json_or_form", arg_name="body")
+@bp.output(AvatarCreated, status_code=202,
+           description="Accepted: the avatar is processing; poll the job (Location) until it succeeds.")
+@bp.doc(summary="Add an avatar", security=SECURITY_SCHEME, responses={
+    403: "The token lacks the avatars:write scope", 413: "The upload is larger than the bridge accepts",
+    422: "No file or url, or the media was refused (not a video or photo, too long, too large)",
+    503: "Tokens cannot be verified or the job queue is unavailable"})
+def create_avatar(body: dict[str, Any]) -> Any:
+    st = state()
+    claims = current_claims()
+    upload = request.files.get(UPLOAD_FIELD)
+    if (upload is None) == (body["url"] is None):
+        return _invalid("url", "give exactly one of url and a file part named 'file'")
+    key = idempotency_key()
+    if isinstance(key, Response):
+        return key
+    try:
+        source = take_upload(upload, "avatar", UPLOAD_FIELD) if upload else take_url(body["url"], "avatar", "url")
+    except EngineError as err:
+        return refused(err)
+    avatar_id = f"av-{uuid.uuid4().hex[:16]}"
+    name = body["name"] or (upload.filename if upload and upload.filename else "avatar")[:100]
+    upload_name = f"avatar.{source.media.ext.lstrip('.')}"
+    inputs = {"upload": upload_name, "avatar_id": avatar_id, "name": name, "upload_sha256": source.sha256}
+    job_id = new_job_id()
+    try:
+        st.storage.put_input(job_id, upload_name, source.path)
+        job, created = st.db.create_job(
+            claims.sub, inputs, idempotency_key=key, kind="avatar", avatar=(avatar_id, name), job_id=job_id,
+            fingerprint=source.sha256 + (body["name"] or "") if key is not None else None)
+    except IdempotencyConflict:
+        return problem(422, None, "this Idempotency-Key was already used with a different upload",
+                       TYPE_BASE + "idempotency-key-reused", "Idempotency-Key", code="idempotency_key_reused")
+    finally:
+        source.discard()
+    if not created:
+        st.storage.drop_job(job_id)
+    if created or job.dispatched_at is None:
+        failure = dispatch(st.db, job)
+        if failure is not None:
+            return failure
+    row = st.db.avatar(job.inputs["avatar_id"])
+    return ({"avatar": _describe(None, row), "job": job_json(job, st.links)}, 202,
+            {"Location": f"/v1/jobs/{job.id}", "Retry-After": "2"})
+
+
+@bp.delete("/v1/avatars/<avatar_id>")
+@require_token("avatars:write")
+@bp.output({}, status_code=204, description="Deleted: the avatar can no longer be used.")
+@bp.doc(summary="Delete an avatar", security=SECURITY_SCHEME, responses={
+    403: "The token lacks avatars:write, or the avatar is shared and the caller is not an admin",
+    404: "No such avatar, or it belongs to another caller", 503: "Tokens cannot be verified right now"})
+def delete_avatar(avatar_id: str) -> Any:
+    st = state()
+    claims = current_claims()
+    missing = problem(404, None, "There is no avatar with that id.")
+    if not ID_PATTERN.fullmatch(avatar_id):
+        return missing
+    store = AvatarStore(st.engine_settings)
+    row = st.db.avatar(avatar_id)
+    if row is not None and row.sub != claims.sub and not claims.admin:
+        return missing
+    if row is None:
+        try:
+            store.get(avatar_id)
+        except EngineError:
+            return missing
+        if not claims.admin:
+            return problem(403, None, "shared avatars can only be deleted by an admin key", SHARED_ONLY_ADMIN,
+                           code="shared_avatar")
+    with contextlib.suppress(EngineError):  # still processing or failed: nothing in the store yet
+        store.delete(avatar_id)
+    st.db.delete_avatar(avatar_id)
+    return "", 204
