@@ -38,19 +38,28 @@ def _keys_revoke(store: KeyStore, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: BridgeSettings) -> int:
-    """Waitress when installed (buffers bodies, 413 on chunked uploads), else Flask's development server."""
-    from bridge.app import create_app
-    from bridge.logs import configure_logging
+    """gunicorn with threaded workers (gthread): no monkey-patching, worker recycling, kill on timeout."""
+    from gunicorn.app.base import BaseApplication
 
-    configure_logging(settings.log_level, json=settings.log_json)
-    app = create_app(settings)
-    try:
-        from waitress import serve  # type: ignore[import-not-found]
-    except ImportError:
-        print("waitress is not installed: using Flask's development server", file=sys.stderr)
-        app.run(host=settings.host, port=settings.port, threaded=True)
-    else:
-        serve(app, host=settings.host, port=settings.port)
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in {
+                "bind": f"{settings.host}:{settings.port}", "worker_class": "gthread",
+                "workers": settings.api_workers, "threads": settings.api_threads, "timeout": 60,
+                "graceful_timeout": 30, "max_requests": 1000, "max_requests_jitter": 100, "accesslog": None,
+                "proc_name": "talking-head-bridge",
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            """Runs in each worker process, so each has its own DB engine and Redis pools."""
+            from bridge.app import create_app
+            from bridge.logs import configure_logging
+
+            configure_logging(settings.log_level, json=settings.log_json)
+            return create_app(settings)
+
+    Server().run()
     return 0
 
 
