@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 from apiflask import APIFlask
+from apiflask.schema_adapters.marshmallow import parser as webargs_parser
 from flask import Response, current_app, request
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
@@ -66,6 +67,7 @@ def create_app(
         },
     )
     problems.register(app)
+    webargs_parser.unknown = None  # let each schema's Meta.unknown (RAISE) apply to query strings too
     app.spec_processor(lambda spec: document_uploads(problems.document_problem_responses(spec)))
     app.before_request(refuse_oversized_chunked_bodies)
     init_request_logging(app)
@@ -104,20 +106,36 @@ def create_app(
     return app
 
 
-UPLOAD_PARTS = {("/v1/jobs", "post"): "audio", ("/v1/avatars", "post"): "file"}
-"""Endpoints taking JSON or multipart, with the name of their file part."""
+UPLOAD_PARTS = {("/v1/jobs", "post"): ("audio", ("text", "audio_url")), ("/v1/avatars", "post"): ("file", ("url",))}
+"""Endpoints taking JSON or multipart: their file part, and the fields of which exactly one (or the file) is given."""
+
+
+def _given(name: str) -> dict[str, Any]:
+    """``name`` is present and not null (null means absent, as in the request schemas)."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def _exactly_one(fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{**_given(name), "not": {"anyOf": [_given(other) for other in fields if other != name]}}
+            if len(fields) > 1 else _given(name) for name in fields]
 
 
 def document_uploads(spec: dict[str, Any]) -> dict[str, Any]:
-    """Spec processor: those bodies are JSON or multipart/form-data with a file part (not urlencoded forms)."""
-    for (path, method), part in UPLOAD_PARTS.items():
+    """Spec processor: those bodies are JSON or multipart/form-data with a file part (not urlencoded forms),
+    and say which fields are alternatives."""
+    for (path, method), (part, sources) in UPLOAD_PARTS.items():
         body = spec.get("paths", {}).get(path, {}).get(method, {}).get("requestBody")
         if not body:
             continue
         content = body["content"]
-        form = content.pop("application/x-www-form-urlencoded", None) or content["application/json"]
-        content["multipart/form-data"] = {"schema": {"allOf": [form["schema"], {
-            "type": "object", "properties": {part: {"type": "string", "format": "binary"}}}]}}
+        content.pop("application/x-www-form-urlencoded", None)
+        schema = content["application/json"]["schema"]
+        content["application/json"]["schema"] = {"allOf": [schema, {"oneOf": _exactly_one(sources)}]}
+        with_file = (*sources, part)
+        content["multipart/form-data"] = {"schema": {"allOf": [schema, {
+            "type": "object", "properties": {part: {"type": "string", "format": "binary"}},
+            "oneOf": _exactly_one(with_file)}]}}
+        body["required"] = True
     return spec
 
 

@@ -48,6 +48,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 _DEFAULT_DETAILS = {
+    400: "The request body could not be parsed: send valid JSON (or multipart/form-data where documented).",
     404: "There is no resource at this URL.",
     405: "This URL does not support that HTTP method.",
     413: "The request body is larger than the bridge accepts.",
@@ -142,6 +143,10 @@ def document_problem_responses(spec: dict[str, Any]) -> dict[str, Any]:
         for operation in operations.values():
             if not isinstance(operation, dict):
                 continue
+            if "requestBody" in operation:
+                operation["responses"].setdefault("400", {
+                    "description": "The body could not be parsed",
+                    "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}})
             for status, response in operation.get("responses", {}).items():
                 content = response.get("content") if str(status)[:1] in {"4", "5"} else None
                 if content and "application/json" in content:

@@ -15,6 +15,7 @@ from apiflask import APIBlueprint, Schema
 from apiflask.fields import Boolean, Float, Integer, List, Nested, String
 from apiflask.validators import Length
 from flask import Response, request
+from marshmallow import RAISE
 
 from bridge.api.deps import SECURITY_SCHEME, current_claims, require_token, state
 from bridge.api.intake import refused, take_upload, take_url
@@ -32,6 +33,9 @@ SHARED_ONLY_ADMIN = TYPE_BASE + "shared-avatar"
 
 class AvatarIn(Schema):
     """JSON with ``url``, or multipart form fields with the video or photo in the ``file`` part."""
+
+    class Meta:
+        unknown = RAISE  # a misspelt field is an error, not silently ignored
 
     name = String(load_default=None, validate=Length(1, 100), metadata={"example": "Ada, front camera"})
     url = String(load_default=None, validate=Length(1, 2048),

@@ -7,6 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint, Schema
 from apiflask.fields import Integer, String
 from flask import Response, current_app, send_file
+from marshmallow import RAISE
 
 from bridge.api.deps import state
 from bridge.links import BAD_LINK
@@ -17,6 +18,9 @@ bp = APIBlueprint("files", __name__, tag="files")
 
 
 class LinkQuery(Schema):
+    class Meta:
+        unknown = RAISE  # a misspelt field is an error, not silently ignored
+
     exp = Integer(required=True, metadata={"description": "Expiry, seconds since the epoch."})
     sig = String(required=True, metadata={"description": "Hex HMAC-SHA256 over job id, name and expiry."})
 

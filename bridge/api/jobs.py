@@ -20,7 +20,7 @@ from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
 from flask import Response, current_app, request
 from kombu.exceptions import KombuError
-from marshmallow import ValidationError, validates
+from marshmallow import RAISE, ValidationError, validates
 from redis.exceptions import RedisError
 
 from bridge.api.deps import RETRY_AFTER_S, SECURITY_SCHEME, current_claims, require_token, state
@@ -48,6 +48,9 @@ UPLOAD_FIELD = "audio"
 
 class JobIn(Schema):
     """The job, as JSON or as multipart form fields (with the audio file in the ``audio`` part)."""
+
+    class Meta:
+        unknown = RAISE  # a misspelt field is an error, not silently ignored
 
     text = String(load_default=None, validate=Length(min=1),
                   metadata={"description": "What the avatar says. Give exactly one of text, audio_url and an "
@@ -124,6 +127,9 @@ class JobPage(Schema):
 
 
 class ListQuery(Schema):
+    class Meta:
+        unknown = RAISE  # a misspelt field is an error, not silently ignored
+
     limit = Integer(load_default=20, validate=Range(1, 100))
     cursor = String(load_default=None, allow_none=True, validate=Length(1, 200))
 
