@@ -56,6 +56,7 @@ test: setup
 
 bench: setup
 	$(PY) tests/bench/engine_bench.py
+	$(PY) tests/bench/bridge_bench.py 2>/dev/null
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

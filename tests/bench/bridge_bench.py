@@ -1,0 +1,169 @@
+"""`make bench`, bridge part: what the bridge adds on top of the engine, as ratios measured in one run.
+
+1. API overhead with 50 concurrent submitters: the POST /v1/jobs round trip (p50/p99), against 50
+   GET /livez round trips sent at the same time; and the dispatch overhead (p50/p99): from the moment
+   a job was submitted *and* a worker was free until that worker claimed it (publish → Redis →
+   worker → compare-and-set), so time spent queued behind other renders is not counted.
+2. End-to-end latency of a ~3-second sentence on an idle stack: POST → poll → first byte of the
+   video through its link, against the same render done directly by the engine in one process.
+
+The stack is the production one on loopback: redis-server, `python -m bridge serve` (gunicorn
+gthread, 2 processes × 8 threads) and two `python -m bridge worker` processes (one per core here).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bridge.auth import SCOPES, mint_token  # noqa: E402
+from bridge.db import Database  # noqa: E402
+from bridge.keys import KeyStore  # noqa: E402
+from bridge.settings import BridgeSettings  # noqa: E402
+from engine import Engine, EngineSettings, RenderRequest  # noqa: E402
+from engine.samples import PHOTO_ID, ensure_samples  # noqa: E402
+from tests.bridge_fixtures import free_port, run_bridge_worker, run_redis_server, worker_env  # noqa: E402
+
+SUBMITTERS = 50
+JOBS = 50
+SENTENCE = "Your order shipped today and arrives on Friday."  # about 3 s of speech
+AUD, ISS = BridgeSettings.model_fields["jwt_audience"].default, BridgeSettings.model_fields["jwt_issuer"].default
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@contextlib.contextmanager
+def serve(env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], cwd=REPO, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bridge serve did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp:
+        root = Path(tmp)
+        engine_root = Path(os.environ.get("ENGINE_STORAGE_ROOT", REPO / "var"))
+        ensure_samples(EngineSettings(storage_root=engine_root))
+        port = free_port()
+        with run_redis_server(root) as redis_server:
+            settings = BridgeSettings(_env_file=None, storage_root=root / "bridge", redis_url=redis_server.url,
+                                      min_free_bytes=0, port=port)  # type: ignore[call-arg]
+            settings.storage_root.mkdir()
+            key = KeyStore(settings.keys_path).create()
+            env = worker_env(settings, engine_root, BRIDGE_PORT=str(port))
+            with serve(env, port, root / "serve.log") as base, \
+                    run_bridge_worker(env, root / "w1.log", REPO), run_bridge_worker(env, root / "w2.log", REPO):
+                overhead(base, key, settings)
+                latency(base, key, engine_root)
+
+
+def _token(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(key, 'bench', sorted(SCOPES), AUD, ISS)}"}
+
+
+def _wait(base: str, key: str, job_id: str) -> dict:
+    while True:
+        job = requests.get(f"{base}/v1/jobs/{job_id}", headers=_token(key), timeout=30).json()
+        if job["status"] in {"succeeded", "failed", "canceled"}:
+            return dict(job)
+        time.sleep(0.05)
+
+
+def overhead(base: str, key: str, settings: BridgeSettings) -> None:
+    def submit(n: int) -> tuple[float, str]:
+        started = time.perf_counter()
+        response = requests.post(f"{base}/v1/jobs", json={"text": f"Number {n}.", "avatar_id": PHOTO_ID},
+                                 headers=_token(key), timeout=60)
+        response.raise_for_status()
+        return time.perf_counter() - started, response.json()["id"]
+
+    def livez(_: int) -> float:
+        started = time.perf_counter()
+        requests.get(f"{base}/livez", timeout=60).raise_for_status()
+        return time.perf_counter() - started
+
+    with concurrent.futures.ThreadPoolExecutor(2 * SUBMITTERS) as pool:  # probes share the submitters' load
+        began = time.perf_counter()
+        probe_futures = [pool.submit(livez, n) for n in range(JOBS)]
+        submitted = list(pool.map(submit, range(JOBS)))
+        wall = time.perf_counter() - began
+        probes = [future.result() for future in probe_futures]
+    jobs = [_wait(base, key, job_id) for _, job_id in submitted]
+    assert all(job["status"] == "succeeded" for job in jobs), [j for j in jobs if j["status"] != "succeeded"]
+    db = Database(settings.database)
+    rows = sorted((db.get_job(job["id"]) for job in jobs), key=lambda r: r.started_at)  # type: ignore[union-attr]
+    dispatch = []
+    free_at: list[float] = []  # when each worker became free, oldest first (two workers)
+    for row in rows:
+        created, started = row.created_at.timestamp(), row.started_at.timestamp()  # type: ignore[union-attr]
+        free = free_at.pop(0) if len(free_at) >= 2 else 0.0
+        dispatch.append(started - max(created, free))
+        free_at.append(row.finished_at.timestamp())  # type: ignore[union-attr]
+        free_at.sort()
+    post = [seconds for seconds, _ in submitted]
+    render = statistics.median(r.timings["total"] for r in rows if r.timings)  # type: ignore[union-attr]
+    print(f"API overhead, {SUBMITTERS} concurrent submitters, {JOBS} jobs, 2 workers:")
+    print(f"  POST /v1/jobs round trip   p50 {pct(post, 50) * 1000:7.1f} ms   p99 {pct(post, 99) * 1000:7.1f} ms")
+    print(f"  GET /livez round trip      p50 {pct(probes, 50) * 1000:7.1f} ms   p99 {pct(probes, 99) * 1000:7.1f} ms")
+    print(f"  submit / livez (p50)       {pct(post, 50) / pct(probes, 50):7.2f}x   "
+          f"({JOBS / wall:.0f} submits/s while 2 renders share the 2 cores)")
+    print(f"  dispatch (ready → claimed) p50 {pct(dispatch, 50) * 1000:7.1f} ms   "
+          f"p99 {pct(dispatch, 99) * 1000:7.1f} ms")
+    print(f"  dispatch p50 / render p50  {pct(dispatch, 50) / render:7.3f}  (render p50 {render:.2f} s)")
+
+
+def latency(base: str, key: str, engine_root: Path) -> None:
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        response = requests.post(f"{base}/v1/jobs", json={"text": SENTENCE, "avatar_id": PHOTO_ID, "lang": "en"},
+                                 headers=_token(key), timeout=60)
+        job = _wait(base, key, response.json()["id"])
+        with requests.get(job["outputs"][0]["video_url"], stream=True, timeout=60) as video:
+            video.raise_for_status()
+            next(video.iter_content(1))
+        runs.append((time.perf_counter() - started, job["outputs"][0]["duration_s"]))
+    end_to_end, duration = sorted(runs)[1]
+    engine = Engine(EngineSettings(storage_root=engine_root))
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.render(RenderRequest(avatar=PHOTO_ID, out=Path(tmp) / "warm.mp4", text="Warm up."))
+        direct = sorted(engine.render(RenderRequest(avatar=PHOTO_ID, out=Path(tmp) / f"{i}.mp4", text=SENTENCE,
+                                                    lang="en")).timings["total"] for i in range(3))[1]
+    print(f"End to end, one ~3 s sentence ({duration:.2f} s of video, {PHOTO_ID}), idle stack, median of 3:")
+    print(f"  submit → first byte of the link   {end_to_end:6.2f} s  ({end_to_end / duration:.2f}x real time)")
+    print(f"  the same render, engine in-process {direct:6.2f} s")
+    print(f"  bridge end to end / direct render  {end_to_end / direct:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
