@@ -18,16 +18,21 @@ def _split_commas(value: Any) -> Any:
 
 
 class BridgeSettings(BaseSettings):
-    """Every knob the bridge reads. Documented in bridge/README.md."""
+    """Every knob the bridge reads. Documented in bridge/README.md and .env.example (a test checks both)."""
 
     model_config = SettingsConfigDict(env_prefix="BRIDGE_", env_file=".env", extra="ignore")
 
-    storage_root: Path = Field(Path("var"), description="Keys file and (later) job files live here.")
+    storage_root: Path = Field(
+        Path("var"), description="Keys file, job table, job files and link key; shared by API and workers."
+    )
     host: str = Field("127.0.0.1", description="Address `python -m bridge serve` listens on.")
     port: int = Field(8808, ge=1, le=65535, description="Port `python -m bridge serve` listens on.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of `python -m bridge serve`.")
     api_threads: int = Field(8, ge=1, description="Threads per gunicorn worker (gthread).")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the jti replay store (later: queue).")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for the jti replay store, and the job queue unless broker_url is set.",
+    )
     redis_timeout_s: float = Field(2.0, gt=0, description="Connect and command timeout for Redis calls.")
 
     jwt_audience: str = Field("talking-head-bridge", description="Required `aud` claim of every token.")

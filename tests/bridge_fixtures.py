@@ -70,6 +70,26 @@ def make_settings(root: Path, redis_url: str, **overrides: Any) -> BridgeSetting
     return BridgeSettings(_env_file=None, **values)
 
 
+def settings_env(**overrides: Any) -> dict[str, str]:
+    """``BRIDGE_*`` variables for settings overrides (lists comma-joined), for a subprocess."""
+    return {f"BRIDGE_{key.upper()}": ",".join(value) if isinstance(value, list) else str(value)
+            for key, value in overrides.items()}
+
+
+@contextlib.contextmanager
+def bridge_with_worker(root: Path, redis_url: str, engine_root: Path, **overrides: Any) -> Iterator[Bridge]:
+    """The API in-process (test client) and one real worker subprocess, sharing settings, table and storage."""
+    from bridge.app import create_app
+    from bridge.keys import KeyStore
+
+    settings = make_settings(root, redis_url, **overrides)
+    engine_settings = EngineSettings(_env_file=None, storage_root=engine_root)  # type: ignore[call-arg]
+    app = create_app(settings, engine_settings=engine_settings)  # creates the tables before the worker starts
+    api_key = KeyStore(settings.keys_path).create()
+    with run_bridge_worker(worker_env(settings, engine_root, **settings_env(**overrides)), root / "worker.log", REPO):
+        yield Bridge(app, app.test_client(), settings, engine_settings, api_key)
+
+
 def worker_env(settings: BridgeSettings, engine_root: Path, **extra: str) -> dict[str, str]:
     """The environment of a worker subprocess sharing ``settings``' Redis, table and storage."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}  # no stray broker or queue

@@ -1,10 +1,11 @@
-"""Shared fixtures: a storage root with the sample avatars, an engine, ffprobe helpers."""
+"""Shared fixtures: a storage root with the sample avatars, an engine, a Redis server, ffprobe helpers."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from engine import Engine, EngineSettings
 from engine.samples import PHOTO_ID, VIDEO_ID, ensure_samples
 from engine.video import ffmpeg_exe
+from tests.bridge_fixtures import RedisServer, run_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,6 +28,13 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(built / avatar_id, root / "avatars" / avatar_id)
     ensure_samples(EngineSettings(storage_root=root))
     return root
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway redis-server per test module (bridge tests)."""
+    with run_redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -26,19 +26,15 @@ import pytest
 import requests
 from skimage import data as skdata
 
-from bridge.app import create_app
 from bridge.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from bridge.keys import KeyStore, parse_api_key
+from bridge.keys import parse_api_key
 from bridge.storage import Storage
-from engine import EngineSettings
 from tests.bridge_fixtures import (
     REPO,
     Bridge,
     RedisServer,
+    bridge_with_worker,
     free_port,
-    make_settings,
-    run_bridge_worker,
-    run_redis_server,
     worker_env,
 )
 from tests.conftest import ffmpeg, ffprobe
@@ -145,11 +141,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with run_redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
 
 @pytest.fixture(scope="module")
 def receiver(media: Path) -> Iterator[Receiver]:
@@ -160,16 +151,10 @@ def receiver(media: Path) -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, storage: Path,
            receiver: Receiver) -> Iterator[Bridge]:
-    root = tmp_path_factory.mktemp("bridge")
-    allow = f"127.0.0.1:{receiver.port}"
-    settings = make_settings(root, redis_server.url, fetch_allow_http_hosts=[allow], **FAST)
-    engine_settings = EngineSettings(_env_file=None, storage_root=storage)  # type: ignore[call-arg]
-    app = create_app(settings, engine_settings=engine_settings)
-    api_key = KeyStore(settings.keys_path).create()
-    env = worker_env(settings, storage, BRIDGE_FETCH_ALLOW_HTTP_HOSTS=allow,
-                     **{f"BRIDGE_{k.upper()}": str(v) for k, v in FAST.items()})
-    with run_bridge_worker(env, root / "worker.log", REPO):
-        yield Bridge(app, app.test_client(), settings, engine_settings, api_key)
+    allow = [f"127.0.0.1:{receiver.port}"]
+    with bridge_with_worker(tmp_path_factory.mktemp("bridge"), redis_server.url, storage,
+                            fetch_allow_http_hosts=allow, **FAST) as running:
+        yield running
 
 
 def upload(bridge: Bridge, path: Path, name: str | None = None, sub: str = "tenant-a", **fields: Any) -> Any:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from bridge.auth import TOKEN_TYPE, mint_token
 from bridge.keys import KeyFileError, KeyStore, format_api_key, parse_api_key
 from bridge.problems import PROBLEM_MEDIA_TYPE
 from bridge.settings import BridgeSettings
-from tests.bridge_fixtures import RedisServer, free_port, run_redis_server
+from tests.bridge_fixtures import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 AUD, ISS = "talking-head-bridge", "talking-head-dify-plugin"
@@ -52,13 +52,6 @@ mt9H1zWoicpoHzYVMTor7j+x+cLFKI6226niGCgLWf0Qb2+YjtresYRsJYtsJpDJ
 PQIDAQAB
 -----END PUBLIC KEY-----
 """
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    # A missing redis-server is a broken setup (`make setup` installs it), never a reason to skip.
-    with run_redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 def make_settings(root: Path, redis_url: str, **overrides: Any) -> BridgeSettings:

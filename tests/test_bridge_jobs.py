@@ -7,6 +7,7 @@ SQLite job table and one storage root.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import time
@@ -22,39 +23,24 @@ from bridge.auth import mint_token
 from bridge.db import Database
 from bridge.keys import KeyStore
 from bridge.problems import PROBLEM_MEDIA_TYPE
-from engine import EngineSettings
 from tests.bridge_fixtures import (
     AUD,
     ISS,
-    REPO,
     Bridge,
     RedisServer,
+    bridge_with_worker,
     free_port,
     make_settings,
-    run_bridge_worker,
-    run_redis_server,
-    worker_env,
 )
 
 AVATAR = "astronaut-photo"  # the small 512² sample: fast to render
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with run_redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, storage: Path) -> Iterator[Bridge]:
-    root = tmp_path_factory.mktemp("bridge")
-    settings = make_settings(root, redis_server.url)
-    env = worker_env(settings, storage)
-    engine_settings = EngineSettings(_env_file=None, storage_root=storage)  # type: ignore[call-arg]
-    app = create_app(settings, engine_settings=engine_settings)  # creates the tables before the worker starts
-    api_key = KeyStore(settings.keys_path).create()
-    with run_bridge_worker(env, root / "worker.log", REPO):
-        yield Bridge(app, app.test_client(), settings, engine_settings, api_key)
+    with bridge_with_worker(tmp_path_factory.mktemp("bridge"), redis_server.url, storage) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +196,23 @@ def test_idempotency_key(bridge: Bridge) -> None:
     assert other_sub.status_code == 202 and other_sub.get_json()["id"] != first.get_json()["id"]
     assert bridge.wait(first.get_json()["id"], "tenant-idem")["status"] == "succeeded"
     assert bridge.wait(other_sub.get_json()["id"], "tenant-idem-2")["status"] == "succeeded"
+
+
+def test_concurrent_retries_with_one_key_make_one_job(bridge: Bridge) -> None:
+    body = {"text": "Only once, please.", "avatar_id": AVATAR}
+    tokens = [bridge.token("tenant-race") for _ in range(20)]
+
+    def post(token: str) -> Any:
+        return bridge.app.test_client().post("/v1/jobs", json=body, headers={
+            "Authorization": f"Bearer {token}", "Idempotency-Key": "race-1"})
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(post, tokens))
+    assert {r.status_code for r in responses} == {202}, [r.get_data(as_text=True) for r in responses]
+    assert len({r.get_json()["id"] for r in responses}) == 1
+    listed = bridge.client.get("/v1/jobs", headers=bridge.auth("tenant-race")).get_json()["jobs"]
+    assert len(listed) == 1
+    assert bridge.wait(listed[0]["id"], "tenant-race")["attempts"] == 1
 
 
 def test_list_is_paginated_and_per_sub(bridge: Bridge, redis_server: RedisServer) -> None:

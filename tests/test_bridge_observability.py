@@ -44,7 +44,7 @@ from bridge.metrics import (
     stage_timer,
     start_worker_metrics_server,
 )
-from tests.bridge_fixtures import RedisServer, free_port, run_redis_server
+from tests.bridge_fixtures import RedisServer, free_port
 
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6InRoK2p3dCIsImtpZCI6ImFiYzEyMyJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLWJ5dGVz"
 KEY_SECRET = "Zm9vYmFyYmF6cXV4X3NlY3JldF9ieXRlc18zMl9sb25n"
@@ -390,11 +390,6 @@ def test_worker_metrics_server_serves_stage_histograms() -> None:
 
 # --- heartbeats and queue depth in a real Redis ---------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with run_redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture

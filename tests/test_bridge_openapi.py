@@ -6,7 +6,6 @@ it; jobs it accepts just queue.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,10 @@ from bridge.app import create_app
 from bridge.auth import SCOPES, mint_token
 from bridge.keys import KeyStore
 from engine import EngineSettings
-from tests.bridge_fixtures import AUD, ISS, RedisServer, make_settings, run_redis_server
+from tests.bridge_fixtures import AUD, ISS, RedisServer, make_settings
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with run_redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,7 @@ import pytest
 import requests
 
 from bridge.app import create_app
-from bridge.keys import KeyStore
-from engine import EngineSettings
-from tests.bridge_fixtures import REPO, Bridge, make_settings, run_bridge_worker, run_redis_server, worker_env
+from tests.bridge_fixtures import Bridge, RedisServer, bridge_with_worker
 from tests.conftest import ffprobe
 from tests.s3_fixture import S3Server, run_radosgw
 
@@ -29,18 +27,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="module")
-def bridge(tmp_path_factory: pytest.TempPathFactory, s3: S3Server, storage: Path) -> Iterator[Bridge]:
-    root = tmp_path_factory.mktemp("bridge")
-    s3_settings = {"link_backend": "minio", "s3_endpoint": s3.endpoint, "s3_secure": False,
-                   "s3_access_key": s3.access_key, "s3_secret_key": s3.secret_key, "s3_bucket": BUCKET,
-                   "link_ttl_s": 600, "reaper_interval_s": 0.3}
-    with run_redis_server(tmp_path_factory.mktemp("redis")) as redis_server:
-        settings = make_settings(root, redis_server.url, **s3_settings)
-        engine_settings = EngineSettings(_env_file=None, storage_root=storage)  # type: ignore[call-arg]
-        app = create_app(settings, engine_settings=engine_settings)
-        env = worker_env(settings, storage, **{f"BRIDGE_{k.upper()}": str(v) for k, v in s3_settings.items()})
-        with run_bridge_worker(env, root / "worker.log", REPO):
-            yield Bridge(app, app.test_client(), settings, engine_settings, KeyStore(settings.keys_path).create())
+def bridge(tmp_path_factory: pytest.TempPathFactory, s3: S3Server, storage: Path,
+           redis_server: RedisServer) -> Iterator[Bridge]:
+    with bridge_with_worker(tmp_path_factory.mktemp("bridge"), redis_server.url, storage, link_backend="minio",
+                            s3_endpoint=s3.endpoint, s3_secure=False, s3_access_key=s3.access_key,
+                            s3_secret_key=s3.secret_key, s3_bucket=BUCKET, link_ttl_s=600,
+                            reaper_interval_s=0.3) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

