@@ -24,8 +24,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from skimage import data as skdata
 
+from bridge.app import create_app
 from bridge.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from bridge.keys import parse_api_key
 from bridge.storage import Storage
@@ -153,7 +156,7 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, 
            receiver: Receiver) -> Iterator[Bridge]:
     allow = [f"127.0.0.1:{receiver.port}"]
     with bridge_with_worker(tmp_path_factory.mktemp("bridge"), redis_server.url, storage,
-                            fetch_allow_http_hosts=allow, **FAST) as running:
+                            fetch_allow_http_hosts=allow, worker_metrics_port=free_port(), **FAST) as running:
         yield running
 
 
@@ -387,6 +390,40 @@ def test_retention_deletes_old_files_and_says_so(bridge: Bridge) -> None:
         time.sleep(0.1)
     job = bridge.get(job_id).get_json()
     assert job["status"] == "succeeded" and job["outputs"] == [] and job["files_deleted_at"]
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+def test_metrics_are_off_by_default_and_token_protected(bridge: Bridge) -> None:
+    assert bridge.client.get("/metrics").status_code == 404
+    token = "m" * 40
+    app = create_app(bridge.settings.model_copy(update={"metrics_token": SecretStr(token)}),
+                     engine_settings=bridge.engine_settings)
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert bridge.wait(bridge.submit({"text": "Count me.", "avatar_id": PHOTO}).get_json()["id"])["status"] == \
+        "succeeded"
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(response.get_data(as_text=True))
+               for s in family.samples}
+    assert samples[("bridge_jobs", (("status", "succeeded"),))] >= 1
+    assert ("bridge_queue_depth", (("queue", bridge.settings.queue),)) in samples
+    assert samples[("bridge_storage_free_bytes", ())] > 0
+    ages = [v for (name, _), v in samples.items() if name == "bridge_worker_heartbeat_age_seconds"]
+    assert ages and min(ages) < 30  # the worker beats
+
+
+def test_worker_serves_stage_durations(bridge: Bridge) -> None:
+    assert bridge.wait(bridge.submit({"text": "Time me.", "avatar_id": PHOTO}).get_json()["id"])["status"] == \
+        "succeeded"
+    text = requests.get(f"http://127.0.0.1:{bridge.settings.worker_metrics_port}/metrics", timeout=10).text
+    counts = {s.labels.get("stage"): s.value for family in text_string_to_metric_families(text)
+              for s in family.samples if s.name == "bridge_stage_duration_seconds_count"}
+    assert counts.get("lipsync", 0) >= 1 and counts.get("tts", 0) >= 1, counts
 
 
 # --- size limits under the production server ---------------------------------------------------------
