@@ -4,19 +4,23 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
+import requests
 from apiflask import APIFlask
 from flask.testing import FlaskClient
 
@@ -204,3 +208,104 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
             continue
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # the prefork child may outlive its parent
+
+
+@contextlib.contextmanager
+def run_bridge_serve(env: dict[str, str], log: Path, timeout_s: float = 60.0) -> Iterator[str]:
+    """``python -m bridge serve`` (gunicorn) on a free port; yields its base URL once /livez answers."""
+    port = free_port()
+    env = {**env, "BRIDGE_PORT": str(port), "BRIDGE_HOST": "127.0.0.1"}
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], cwd=REPO, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(requests.RequestException):  # refused, or accepted while workers boot
+                if requests.get(f"{base}/livez", timeout=5).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bridge serve did not start:\n{log.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        _kill_group(process)
+
+
+@dataclass
+class Receiver:
+    """A plain-HTTP server on loopback (allow-listed for the bridge): serves files, records callbacks."""
+
+    root: Path
+    port: int = 0
+    hooks: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    hook_statuses: queue.Queue[int] = field(default_factory=queue.Queue)
+    trap: socket.socket | None = None
+    """A listening socket nothing may connect to (the target of a redirect to loopback)."""
+
+    @property
+    def trap_port(self) -> int:
+        assert self.trap is not None
+        return int(self.trap.getsockname()[1])
+
+    def trap_was_hit(self) -> bool:
+        assert self.trap is not None
+        self.trap.setblocking(False)
+        try:
+            self.trap.accept()[0].close()
+        except BlockingIOError:
+            return False
+        return True
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def run_receiver(root: Path) -> Iterator[Receiver]:
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(4)
+    receiver = Receiver(root, trap=trap)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            if self.path == "/to-loopback":
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{receiver.trap_port}/secret")
+                self.end_headers()
+                return
+            path = receiver.root / self.path.lstrip("/")
+            if not path.is_file():
+                self.send_error(404)
+                return
+            body = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            receiver.hooks.append(({k: v for k, v in self.headers.items()}, body))
+            status = 200 if receiver.hook_statuses.empty() else receiver.hook_statuses.get()
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        trap.close()
+
+

@@ -8,7 +8,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import imageio.v3 as iio
 import pytest
+from skimage import data as skdata
 
 from engine import Engine, EngineSettings
 from engine.samples import PHOTO_ID, VIDEO_ID, ensure_samples
@@ -45,6 +47,26 @@ def settings(storage: Path) -> EngineSettings:
 @pytest.fixture(scope="session")
 def engine(settings: EngineSettings) -> Engine:
     return Engine(settings)
+
+
+@pytest.fixture(scope="session")
+def sample_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small media files made with ffmpeg: good speech, and the bad kinds users send."""
+    d = tmp_path_factory.mktemp("files")
+    sine = ("-f", "lavfi", "-i", "sine=frequency=220:duration=2")
+    ffmpeg(*sine, str(d / "speech.wav"))
+    ffmpeg(*sine, "-c:a", "libmp3lame", str(d / "speech.mp3"))
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=700", "-ar", "8000", str(d / "long.wav"))
+    clip = ("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p")
+    ffmpeg(*clip, str(d / "clip.mp4"))
+    data = (d / "clip.mp4").read_bytes()
+    (d / "half.mp4").write_bytes(data[: len(data) // 2])
+    shutil.copy(d / "speech.wav", d / "speech-named.mp4")
+    (d / "notes.txt").write_text("not a recording\n" * 50)
+    (d / "list.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n"
+                                 "http://127.0.0.1:9/segment.ts\n#EXT-X-ENDLIST\n")
+    iio.imwrite(d / "face.png", skdata.astronaut())
+    return d
 
 
 def ffprobe(path: Path) -> dict:

@@ -4,20 +4,11 @@ media, SSRF, size limits under gunicorn, batches, cancel, voices, avatars, callb
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import http.server
 import json
-import queue
-import shutil
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,123 +17,31 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
-from skimage import data as skdata
 
 from bridge.app import create_app
 from bridge.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from bridge.keys import parse_api_key
 from bridge.storage import Storage
 from tests.bridge_fixtures import (
-    REPO,
     Bridge,
+    Receiver,
     RedisServer,
     bridge_with_worker,
     free_port,
+    run_bridge_serve,
+    run_receiver,
     worker_env,
 )
-from tests.conftest import ffmpeg, ffprobe
+from tests.conftest import ffprobe
 
 PHOTO = "astronaut-photo"
 VIDEO = "astronaut"
 FAST = {"reaper_interval_s": 0.3, "job_lease_s": 2.0, "job_heartbeat_s": 0.4, "callback_backoff_s": 0.3}
 
 
-@dataclass
-class Receiver:
-    """A plain-HTTP server on loopback (allow-listed for the bridge): serves files, records callbacks."""
-
-    root: Path
-    port: int = 0
-    hooks: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    hook_statuses: queue.Queue[int] = field(default_factory=queue.Queue)
-    trap: socket.socket | None = None
-    """A listening socket nothing may connect to (the target of a redirect to loopback)."""
-
-    @property
-    def trap_port(self) -> int:
-        assert self.trap is not None
-        return int(self.trap.getsockname()[1])
-
-    def trap_was_hit(self) -> bool:
-        assert self.trap is not None
-        self.trap.setblocking(False)
-        try:
-            self.trap.accept()[0].close()
-        except BlockingIOError:
-            return False
-        return True
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@contextlib.contextmanager
-def run_receiver(root: Path) -> Iterator[Receiver]:
-    trap = socket.socket()
-    trap.bind(("127.0.0.1", 0))
-    trap.listen(4)
-    receiver = Receiver(root, trap=trap)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *_: Any) -> None:
-            return None
-
-        def do_GET(self) -> None:
-            if self.path == "/to-loopback":
-                self.send_response(302)
-                self.send_header("Location", f"http://127.0.0.1:{receiver.trap_port}/secret")
-                self.end_headers()
-                return
-            path = receiver.root / self.path.lstrip("/")
-            if not path.is_file():
-                self.send_error(404)
-                return
-            body = path.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            receiver.hooks.append(({k: v for k, v in self.headers.items()}, body))
-            status = 200 if receiver.hook_statuses.empty() else receiver.hook_statuses.get()
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield receiver
-    finally:
-        server.shutdown()
-        trap.close()
-
-
 @pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("files")
-    sine = ("-f", "lavfi", "-i", "sine=frequency=220:duration=2")
-    ffmpeg(*sine, str(d / "speech.wav"))
-    ffmpeg(*sine, "-c:a", "libmp3lame", str(d / "speech.mp3"))
-    ffmpeg("-f", "lavfi", "-i", "sine=duration=700", "-ar", "8000", str(d / "long.wav"))
-    clip = ("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p")
-    ffmpeg(*clip, str(d / "clip.mp4"))
-    data = (d / "clip.mp4").read_bytes()
-    (d / "half.mp4").write_bytes(data[: len(data) // 2])
-    shutil.copy(d / "speech.wav", d / "speech-named.mp4")
-    (d / "notes.txt").write_text("not a recording\n" * 50)
-    (d / "list.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n"
-                                 "http://127.0.0.1:9/segment.ts\n#EXT-X-ENDLIST\n")
-    import imageio.v3 as iio
-
-    iio.imwrite(d / "face.png", skdata.astronaut())
-    return d
-
+def media(sample_media: Path) -> Path:
+    return sample_media
 
 
 @pytest.fixture(scope="module")
@@ -432,26 +331,9 @@ def test_worker_serves_stage_durations(bridge: Bridge) -> None:
 @pytest.fixture(scope="module")
 def served(bridge: Bridge, storage: Path) -> Iterator[str]:
     """``python -m bridge serve`` (gunicorn, gthread) on the same table and Redis, with a 64 KiB body limit."""
-    port = free_port()
-    env = worker_env(bridge.settings, storage, BRIDGE_PORT=str(port), BRIDGE_MAX_CONTENT_LENGTH="65536",
-                     BRIDGE_API_WORKERS="1")
-    log = bridge.settings.storage_root / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], cwd=REPO, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(requests.RequestException):  # refused, or accepted while workers boot
-                if requests.get(f"{base}/livez", timeout=5).status_code == 200:
-                    break
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    env = worker_env(bridge.settings, storage, BRIDGE_MAX_CONTENT_LENGTH="65536", BRIDGE_API_WORKERS="1")
+    with run_bridge_serve(env, bridge.settings.storage_root / "serve.log") as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_oversized_bodies_are_413(bridge: Bridge, served: str) -> None:

@@ -1,0 +1,231 @@
+"""The Dify plugin driven exactly as Dify's plugin daemon drives it: `python -m main` in the plugin root
+(Python 3.12, the real dify_plugin SDK), JSON requests on stdin, session messages on stdout, against a
+live bridge (gunicorn), a real worker and Redis started here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from bridge.app import create_app
+from bridge.keys import KeyStore
+from scripts.dify_daemon import PluginProcess, Reply, dify_file
+from tests.bridge_fixtures import (
+    REPO,
+    RedisServer,
+    free_port,
+    make_settings,
+    run_bridge_serve,
+    run_bridge_worker,
+    run_receiver,
+    settings_env,
+    worker_env,
+)
+from tests.conftest import ffprobe
+
+PHOTO = "astronaut-photo"
+LONG_TEXT = ("This announcement is long on purpose. It keeps going for a while, so that the render takes longer "
+             "than the few seconds the tool is allowed to wait, and the tool has to hand back a job id instead. "
+             "Then we ask again with get video, and the finished video arrives.")
+
+
+@dataclass
+class Stack:
+    base: str
+    credentials: dict[str, str]
+    keys: KeyStore
+    root: Path
+    env: dict[str, str]
+    receiver_base: str
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, storage: Path,
+          sample_media: Path) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("bridge")
+    with run_receiver(sample_media) as receiver:
+        overrides = {"fetch_allow_http_hosts": [f"127.0.0.1:{receiver.port}"], "reaper_interval_s": 0.5}
+        settings = make_settings(root, redis_server.url, **overrides)
+        create_app(settings)  # the tables, before the worker starts
+        keys = KeyStore(settings.keys_path)
+        env = worker_env(settings, storage, **settings_env(**overrides))
+        with run_bridge_worker(env, root / "worker.log", REPO), run_bridge_serve(env, root / "serve.log") as base:
+            yield Stack(base, {"bridge_url": base, "api_key": keys.create()}, keys, root, env, receiver.base)
+
+
+@pytest.fixture(scope="module")
+def plugin() -> Iterator[PluginProcess]:
+    with PluginProcess() as running:
+        yield running
+
+
+def error_of(reply: Reply) -> str:
+    assert reply.error is not None, reply.messages
+    return str(reply.error["message"])
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+
+def test_good_credentials_validate(plugin: PluginProcess, stack: Stack) -> None:
+    reply = plugin.validate(stack.credentials)
+    assert reply.error is None and reply.messages == [{"result": True}]
+
+
+def test_bad_credentials_get_messages_an_admin_can_act_on(plugin: PluginProcess, stack: Stack) -> None:
+    unknown = "thk_0badc0de_" + "A" * 43
+    assert "does not accept API key 0badc0de" in error_of(plugin.validate({**stack.credentials, "api_key": unknown}))
+    revoked = stack.keys.create()
+    stack.keys.revoke(revoked.split("_")[1])
+    message = error_of(plugin.validate({**stack.credentials, "api_key": revoked}))
+    assert "revoked" in message and "keys create" in message
+    port = free_port()
+    message = error_of(plugin.validate({**stack.credentials, "bridge_url": f"http://127.0.0.1:{port}"}))
+    assert f"Cannot reach the bridge at http://127.0.0.1:{port}" in message
+    assert "not like a Talking Head bridge" in error_of(
+        plugin.validate({**stack.credentials, "bridge_url": stack.receiver_base}))
+    assert "thk_" in error_of(plugin.validate({**stack.credentials, "api_key": "sk-something-else"}))
+    assert "Bridge URL" in error_of(plugin.validate({**stack.credentials, "bridge_url": "bridge:8808"}))
+    assert plugin.alive
+
+
+# --- the tools ---------------------------------------------------------------------------------
+
+
+def test_text_to_video_returns_file_link_json_and_variables(plugin: PluginProcess, stack: Stack,
+                                                            tmp_path: Path) -> None:
+    reply = plugin.invoke("text_to_video", {"text": "Hello from Dify. This is a talking head video.",
+                                            "avatar": "astronaut", "subtitles": True}, stack.credentials)
+    assert reply.error is None, reply.error
+    [(video, meta)] = reply.blobs
+    assert meta["mime_type"] == "video/mp4" and meta["filename"].endswith(".mp4")
+    path = tmp_path / "video.mp4"
+    path.write_bytes(video)
+    streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(path)["streams"]}
+    assert streams == {"video": "h264", "audio": "aac"}
+    variables = reply.variables
+    assert set(variables) == {"job_id", "video_url", "duration_s", "poster_url", "subtitles_url"}
+    assert reply.links == [variables["video_url"]]
+    assert requests.get(variables["video_url"], timeout=30).content == video
+    assert requests.get(variables["subtitles_url"], timeout=30).text.startswith("WEBVTT")
+    [job] = reply.jsons
+    assert job["id"] == variables["job_id"] and job["status"] == "succeeded"
+    labels = [log["label"] for log in reply.logs]
+    assert labels[0] == "Talking head video" and any(label.startswith("rendering") for label in labels), labels
+
+
+def test_link_delivery_and_the_file_size_cap(plugin: PluginProcess, stack: Stack) -> None:
+    linked = plugin.invoke("text_to_video", {"text": "Just the link.", "avatar": PHOTO, "delivery": "link"},
+                           stack.credentials)
+    assert reply_ok(linked) and linked.blobs == [] and linked.links
+    capped = plugin.invoke("text_to_video", {"text": "Too big for this Dify.", "avatar": PHOTO},
+                           {**stack.credentials, "max_file_mb": "0.01"})
+    assert reply_ok(capped) and capped.blobs == [] and capped.links
+    assert any("only its link is returned" in text for text in capped.texts)
+
+
+def reply_ok(reply: Reply) -> bool:
+    assert reply.error is None, reply.error
+    return True
+
+
+def test_audio_to_video_from_a_dify_file_and_from_a_url(plugin: PluginProcess, stack: Stack,
+                                                        sample_media: Path) -> None:
+    speech = dify_file(f"{stack.receiver_base}/speech.mp3", "greeting.mp3", "audio/mpeg", "audio",
+                       (sample_media / "speech.mp3").stat().st_size)
+    from_file = plugin.invoke("audio_to_video", {"audio": speech, "avatar": PHOTO}, stack.credentials)
+    assert reply_ok(from_file) and from_file.blobs
+    assert from_file.variables["duration_s"] > 2.0
+    from_url = plugin.invoke("audio_to_video", {"audio_url": f"{stack.receiver_base}/speech.wav", "avatar": PHOTO},
+                             stack.credentials)
+    assert reply_ok(from_url) and from_url.blobs
+    both = plugin.invoke("audio_to_video", {"audio": speech, "audio_url": "https://x.example/a.wav"},
+                         stack.credentials)
+    assert "either as the audio file or as audio_url" in error_of(both)
+
+
+def test_create_avatar_then_list_and_use_it(plugin: PluginProcess, stack: Stack, sample_media: Path) -> None:
+    photo = dify_file(f"{stack.receiver_base}/face.png", "anna.png", "image/png", "image",
+                      (sample_media / "face.png").stat().st_size)
+    created = plugin.invoke("create_avatar", {"file": photo, "name": "Anna"}, stack.credentials, user_id="anna-owner")
+    assert reply_ok(created)
+    avatar_id = created.variables["avatar_id"]
+    assert any("is ready" in text for text in created.texts)
+    listed = plugin.invoke("list_avatars", {}, stack.credentials, user_id="anna-owner")
+    assert reply_ok(listed)
+    assert avatar_id in {a["id"] for a in listed.jsons[0]["avatars"]} and "Anna" in listed.texts[0]
+    other = plugin.invoke("list_avatars", {}, stack.credentials, user_id="someone-else")
+    assert avatar_id not in {a["id"] for a in other.jsons[0]["avatars"]}  # avatars belong to their Dify user
+    video = plugin.invoke("text_to_video", {"text": "I am Anna.", "avatar": avatar_id}, stack.credentials,
+                          user_id="anna-owner")
+    assert reply_ok(video) and video.blobs
+
+
+def test_dynamic_options_list_avatars_and_voices(plugin: PluginProcess, stack: Stack) -> None:
+    avatars = plugin.options("text_to_video", "avatar", stack.credentials)
+    assert avatars.error is None, avatars.error
+    options = avatars.messages[0]["options"]
+    assert PHOTO in {o["value"] for o in options} and all(o["label"]["en_US"] for o in options)
+    voices = plugin.options("text_to_video", "voice", stack.credentials)
+    values = {o["value"] for o in voices.messages[0]["options"]}
+    assert "en-us" in values and len(values) > 50
+
+
+def test_slow_job_returns_its_id_and_get_video_fetches_it_later(plugin: PluginProcess, stack: Stack,
+                                                                 tmp_path: Path) -> None:
+    started = time.monotonic()
+    reply = plugin.invoke("text_to_video", {"text": LONG_TEXT, "avatar": "astronaut", "max_wait_s": 5},
+                          stack.credentials)
+    waited = time.monotonic() - started
+    assert reply_ok(reply) and reply.blobs == []
+    job_id = reply.variables["job_id"]
+    assert 5 <= waited < 15 and any(f"job id is {job_id}" in text for text in reply.texts)
+    gaps = [b - a for a, b in zip(reply.heartbeats_during, reply.heartbeats_during[1:], strict=False)]
+    assert len(reply.heartbeats_during) >= 6 and max(gaps) < 2.0  # the SDK kept beating while the tool waited
+    deadline = time.monotonic() + 120
+    while True:
+        later = plugin.invoke("get_video", {"job_id": job_id}, stack.credentials)
+        assert reply_ok(later)
+        if later.blobs:
+            break
+        assert time.monotonic() < deadline, later.texts
+        time.sleep(1)
+    assert later.variables["job_id"] == job_id and later.links
+
+
+# --- bad input and failures -----------------------------------------------------------------------
+
+
+def test_bad_input_is_a_clear_tool_error_and_the_plugin_lives_on(plugin: PluginProcess, stack: Stack) -> None:
+    assert "text is empty" in error_of(plugin.invoke("text_to_video", {"text": "  "}, stack.credentials))
+    assert "no avatar 'nobody'" in error_of(
+        plugin.invoke("text_to_video", {"text": "Hi.", "avatar": "nobody"}, stack.credentials))
+    assert "not a job id" in error_of(plugin.invoke("get_video", {"job_id": "../etc"}, stack.credentials))
+    failed = error_of(plugin.invoke("text_to_video", {"text": "Hi.", "voice": "no-such-voice", "avatar": PHOTO},
+                                    stack.credentials))
+    assert failed.startswith("The video could not be made") and "no-such-voice" in failed
+    assert plugin.alive and plugin.validate(stack.credentials).error is None
+
+
+def test_bridge_going_down_mid_job_is_reported(plugin: PluginProcess, stack: Stack) -> None:
+    with contextlib.ExitStack() as exit_stack:
+        base = exit_stack.enter_context(run_bridge_serve(stack.env, stack.root / "serve-doomed.log"))
+        credentials = {**stack.credentials, "bridge_url": base}
+
+        def kill_soon() -> None:
+            time.sleep(3)
+            exit_stack.close()
+
+        threading.Thread(target=kill_soon, daemon=True).start()
+        reply = plugin.invoke("text_to_video", {"text": LONG_TEXT, "avatar": "astronaut", "max_wait_s": 60},
+                              credentials)
+    assert f"Cannot reach the bridge at {base}" in error_of(reply)
+    assert plugin.alive and plugin.validate(stack.credentials).error is None

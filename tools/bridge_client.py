@@ -1,0 +1,214 @@
+"""The plugin's only way to the bridge: per-call JWTs minted from the admin's API key, and HTTP calls that
+turn every failure into a sentence a Dify user or admin can act on.
+
+The key never leaves this process: each request carries a fresh HS256 token (kid header, typ ``th+jwt``,
+120 s lifetime, uuid4 ``jti``) that names the Dify user as ``sub`` and asks for only the scopes it needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+
+ISSUER = "talking-head-dify-plugin"
+AUDIENCE = "talking-head-bridge"
+TOKEN_TYPE = "th+jwt"
+TOKEN_LIFETIME_S = 120
+KEY_PATTERN = re.compile(r"thk_(?P<kid>[0-9a-f]{8})_(?P<secret>[A-Za-z0-9_-]{43,})")
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0
+RETRIES = 3
+"""Attempts for a call that failed to connect or got 502/503/504 (every call here is safe to repeat)."""
+
+
+class BridgeError(Exception):
+    """A failed call, said so that whoever reads it knows what to do next."""
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    base_url: str
+    kid: str
+    secret: bytes
+
+    @classmethod
+    def from_credentials(cls, credentials: Mapping[str, Any]) -> BridgeConfig:
+        url = str(credentials.get("bridge_url") or "").strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise BridgeError("Bridge URL must look like http://bridge-host:8808 or https://bridge.example.com")
+        if parts.query or parts.fragment:
+            raise BridgeError("Bridge URL must not carry a query string or fragment")
+        key = str(credentials.get("api_key") or "").strip()
+        match = KEY_PATTERN.fullmatch(key)
+        if match is None:
+            raise BridgeError("API key must be the whole thk_… string that `python -m bridge keys create` printed")
+        try:
+            secret = base64.urlsafe_b64decode(match["secret"] + "=" * (-len(match["secret"]) % 4))
+        except (binascii.Error, ValueError):
+            raise BridgeError("API key is damaged: its secret part is not valid base64url") from None
+        return cls(url, match["kid"], secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file to send as a multipart part."""
+
+    field: str
+    filename: str
+    stream: IO[bytes]
+    mime_type: str
+
+
+class BridgeClient:
+    def __init__(self, config: BridgeConfig, user_id: str | None, timeout_s: float = READ_TIMEOUT_S) -> None:
+        self.config = config
+        self.user_id = user_id or "dify-user"
+        self.timeout = (CONNECT_TIMEOUT_S, timeout_s)
+        self._http = requests.Session()
+        self._http.trust_env = False  # the bridge is on the admin's network; no proxy from the environment
+
+    def token(self, scopes: str) -> str:
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": self.user_id, "iat": now, "nbf": now,
+                  "exp": now + TOKEN_LIFETIME_S, "jti": str(uuid.uuid4()), "scope": scopes}
+        return jwt.encode(claims, self.config.secret, algorithm="HS256",
+                          headers={"kid": self.config.kid, "typ": TOKEN_TYPE})
+
+    # --- endpoints -------------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/whoami", "jobs:read")
+
+    def voices(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/voices", "jobs:read")["voices"])
+
+    def avatars(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/avatars", "jobs:read")["avatars"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        if not re.fullmatch(r"[0-9a-f]{32}", job_id.strip()):
+            raise BridgeError(f"{job_id!r} is not a job id: job ids are 32 hexadecimal characters")
+        return self._call("GET", f"/v1/jobs/{job_id.strip()}", "jobs:read")
+
+    def submit(self, fields: Mapping[str, Any], upload: Upload | None = None) -> dict[str, Any]:
+        """POST /v1/jobs; a retry after a lost answer reuses the Idempotency-Key, so it never makes two jobs."""
+        body = {k: v for k, v in fields.items() if v is not None}
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        if upload is None:
+            return self._call("POST", "/v1/jobs", "jobs:read jobs:write", json=body, headers=headers)
+        form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in body.items()}
+        return self._call("POST", "/v1/jobs", "jobs:read jobs:write", data=form, upload=upload, headers=headers)
+
+    def create_avatar(self, name: str, upload: Upload) -> dict[str, Any]:
+        return self._call("POST", "/v1/avatars", "jobs:read avatars:write", data={"name": name}, upload=upload,
+                          headers={"Idempotency-Key": str(uuid.uuid4())})
+
+    def download(self, url: str, max_bytes: int) -> bytes | None:
+        """The file behind a job link, or None when it is larger than ``max_bytes`` (streamed, never all read)."""
+        try:
+            with self._http.get(url, stream=True, timeout=(CONNECT_TIMEOUT_S, 120)) as response:
+                if response.status_code != 200:
+                    raise BridgeError(f"The video link answered HTTP {response.status_code}; fetch the job again "
+                                      "for a fresh link")
+                declared = int(response.headers.get("Content-Length") or 0)
+                if declared > max_bytes:
+                    return None
+                chunks, size = [], 0
+                for chunk in response.iter_content(1 << 16):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        return None
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except requests.RequestException as exc:
+            raise BridgeError(f"Could not download the video from the bridge ({type(exc).__name__}); "
+                              "check that Dify's plugin daemon can reach the bridge's link host") from None
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, scopes: str, *, json: Any = None, data: Mapping[str, str] | None = None,
+              upload: Upload | None = None, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        url = self.config.base_url + path
+        for attempt in range(1, RETRIES + 1):
+            if upload is not None:
+                upload.stream.seek(0)
+            files = {upload.field: (upload.filename, upload.stream, upload.mime_type)} if upload else None
+            try:
+                response = self._http.request(
+                    method, url, json=json, data=data, files=files, timeout=self.timeout,
+                    headers={"Authorization": f"Bearer {self.token(scopes)}", "Accept": "application/json",
+                             **(headers or {})})
+            except requests.ConnectionError:
+                if attempt == RETRIES:
+                    raise BridgeError(f"Cannot reach the bridge at {self.config.base_url}: nothing answered. Check "
+                                      "the URL and that the plugin daemon's network can reach that host and port"
+                                      ) from None
+                time.sleep(attempt)
+                continue
+            except requests.Timeout:
+                raise BridgeError(f"The bridge at {self.config.base_url} did not answer within "
+                                  f"{self.timeout[1]:.0f} s") from None
+            except requests.RequestException as exc:
+                raise BridgeError(f"Calling the bridge at {self.config.base_url} failed "
+                                  f"({type(exc).__name__})") from None
+            if response.status_code in {502, 503, 504} and attempt < RETRIES:
+                time.sleep(min(float(response.headers.get("Retry-After") or attempt), 5.0))
+                continue
+            return self._result(response)
+        raise AssertionError("unreachable")
+
+    def _result(self, response: requests.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise BridgeError(f"{self.config.base_url} answered HTTP {response.status_code} but not like a Talking "
+                              "Head bridge. Check the Bridge URL (scheme, host and port of `python -m bridge serve`)")
+        if response.status_code < 400:
+            return body
+        detail = str(body.get("detail") or body.get("title") or f"HTTP {response.status_code}")
+        code = body.get("code")
+        if response.status_code == 401:
+            raise BridgeError(self._auth_message(code, detail, response))
+        if response.status_code == 403:
+            raise BridgeError(f"The bridge refused this API key for that action: {detail}")
+        if response.status_code == 413:
+            raise BridgeError(f"The file is larger than the bridge accepts: {detail}")
+        if response.status_code in {404, 409, 422}:
+            raise BridgeError(detail[:1].upper() + detail[1:])
+        if response.status_code == 503:
+            raise BridgeError(f"The bridge is not ready ({detail}); try again in a minute")
+        raise BridgeError(f"The bridge failed (HTTP {response.status_code}): {detail}")
+
+    def _auth_message(self, code: Any, detail: str, response: requests.Response) -> str:
+        if code in {"unknown_key", "revoked_key"}:
+            return (f"The bridge does not accept API key {self.config.kid}: {detail}. Create a new one with "
+                    "`python -m bridge keys create` and paste it here")
+        if code in {"expired", "not_yet_valid"}:
+            skew = _clock_skew(response)
+            said = f" (this host's clock is {skew:+.0f} s off the bridge's)" if skew is not None else ""
+            return (f"The bridge refused the token as {code.replace('_', ' ')}{said}. The clocks of Dify and the "
+                    "bridge must agree within 30 s: enable NTP on both hosts")
+        if code == "bad_signature" or "signature" in detail:
+            return "The API key's secret does not match the bridge's: paste the whole key again"
+        return f"The bridge refused the credentials: {detail}"
+
+
+def _clock_skew(response: requests.Response) -> float | None:
+    try:
+        return time.time() - parsedate_to_datetime(response.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
