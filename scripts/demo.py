@@ -1,8 +1,9 @@
-"""`make demo`: the sample avatar says a sentence, going through the bridge as a client would.
+"""`make demo`: the sample avatar says a sentence, asked for the way Dify asks.
 
-Starts `python -m bridge up` (local Redis, one worker, the API), creates an API key, submits a text
-job with a per-call token, polls it, downloads the MP4, prints the link and the saved path, and
-stops the stack again. Step 3 replaces the hand-written client with the Dify plugin over stdio.
+Starts `python -m bridge up` (local Redis, one worker, the API) and creates a fresh API key; then
+starts the Dify plugin (`python -m main`, Python 3.12, the real SDK) and speaks the plugin daemon's
+stdio protocol to it: validate the credentials, invoke `text_to_video`, reassemble the returned file.
+Prints the link and the saved MP4 path, and stops everything again.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bridge.auth import mint_token  # noqa: E402
 from bridge.keys import KeyStore  # noqa: E402
 from bridge.settings import BridgeSettings  # noqa: E402
+from scripts.dify_daemon import PluginProcess  # noqa: E402
 
-POLL_S = 1.0
 DEADLINE_S = 300.0
 
 
@@ -60,40 +60,30 @@ def main() -> int:
     log = settings.storage_root / "logs" / "demo-bridge.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     stack = _start_stack(settings, log)
+    credentials = {"bridge_url": base, "api_key": api_key}
     try:
-        def headers(*scopes: str) -> dict[str, str]:
-            token = mint_token(api_key, "demo-user", list(scopes), settings.jwt_audience, settings.jwt_issuer)
-            return {"Authorization": f"Bearer {token}"}
-
-        reply = requests.post(f"{base}/v1/jobs", json={"text": args.text, "avatar_id": args.avatar,
-                                                        "subtitles": True},
-                              headers=headers("jobs:write"), timeout=30)
-        if reply.status_code != 202:
-            raise SystemExit(f"the bridge refused the job: {reply.status_code} {reply.text}")
-        job_url = f"{base}{reply.headers['Location']}"
-        print(f"job {reply.json()['id']} queued", file=sys.stderr)
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            job = requests.get(job_url, headers=headers("jobs:read"), timeout=30).json()
-            if job["status"] in ("succeeded", "failed", "canceled"):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the job did not finish in {DEADLINE_S:.0f} s")
-            print(f"  {job['status']:9s} {job.get('stage') or '':8s} {job.get('progress', 0) * 100:3.0f}%",
-                  file=sys.stderr)
-            time.sleep(POLL_S)
-        if job["status"] != "succeeded":
-            raise SystemExit(f"the job {job['status']}: {job.get('error')}")
-        link = job["outputs"][0]["video_url"]
-        video = requests.get(link, timeout=60)
-        if video.status_code != 200:  # never echo the signed link itself
-            raise SystemExit(f"downloading the video failed: {video.status_code} {video.text[:300]}")
+        with PluginProcess() as plugin:
+            checked = plugin.validate(credentials)
+            if checked.error is not None:
+                raise SystemExit(f"the plugin refused the credentials: {checked.error['message']}")
+            print("plugin: credentials accepted; invoking text_to_video", file=sys.stderr)
+            reply = plugin.invoke("text_to_video", {"text": args.text, "avatar": args.avatar, "subtitles": True},
+                                  credentials, user_id="demo-user", timeout_s=DEADLINE_S)
+        for log in reply.logs:
+            print(f"  {log['label']}", file=sys.stderr)
+        if reply.error is not None:
+            raise SystemExit(f"the tool failed: {reply.error['message']}")
+        if not reply.blobs:
+            raise SystemExit("the tool returned no video file: " + " ".join(reply.texts))
+        video, meta = reply.blobs[0]
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(video.content)
+        args.out.write_bytes(video)
+        link = reply.variables["video_url"]
+        job = reply.jsons[0]
         output = job["outputs"][0]
-        print(f"link (valid until {output['expires_at']}): {link.split('?')[0]}?…")
+        print(f"link (valid until {output['expires_at']}): {link.split('?')[0]}?…")  # never the signature
         print(f"{args.out}  ({output['duration_s']:.2f} s, {output['width']}x{output['height']}, "
-              f"{output['size_bytes'] / 1e6:.1f} MB)")
+              f"{len(video) / 1e6:.1f} MB, {meta['mime_type']})")
         return 0
     finally:
         with contextlib.suppress(ProcessLookupError):

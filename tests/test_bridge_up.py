@@ -1,4 +1,4 @@
-"""`python -m bridge up` and `make demo`'s client: the one-machine stack, as an admin would run it."""
+"""`python -m bridge up` and `make demo` (the Dify plugin over stdio, through the one-machine stack)."""
 
 from __future__ import annotations
 
@@ -64,13 +64,14 @@ def test_up_is_ready_within_ten_seconds_and_ctrl_c_stops_everything(tmp_path: Pa
     assert not port_open(api_port) and not port_open(redis_port), "Ctrl-C must stop the API and Redis"
 
 
-def test_demo_client_goes_through_the_bridge(tmp_path: Path, settings: EngineSettings) -> None:
+def test_demo_drives_the_dify_plugin_through_the_bridge(tmp_path: Path, settings: EngineSettings) -> None:
     out = tmp_path / "demo.mp4"
     run = subprocess.run([sys.executable, "scripts/demo.py", "--text", "Hello from the bridge.", "--avatar",
                           "astronaut-photo", "--out", str(out)], cwd=REPO, env=stack_env(tmp_path, settings),
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert f"{out}  (" in run.stdout and "/files/" in run.stdout
+    assert "plugin: credentials accepted" in run.stderr and "rendering" in run.stderr
+    assert f"{out}  (" in run.stdout and "/files/" in run.stdout and "video/mp4" in run.stdout
     assert "sig=" not in run.stdout, "a signed link is a credential: never printed whole"
     streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(out)["streams"]}
     assert streams == {"video": "h264", "audio": "aac"}
