@@ -70,7 +70,7 @@ def test_demo_drives_the_dify_plugin_through_the_bridge(tmp_path: Path, settings
                           "astronaut-photo", "--out", str(out)], cwd=REPO, env=stack_env(tmp_path, settings),
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "plugin: credentials accepted" in run.stderr and "rendering" in run.stderr
+    assert "plugin: credentials accepted" in run.stderr and "Talking head video" in run.stderr
     assert f"{out}  (" in run.stdout and "/files/" in run.stdout and "video/mp4" in run.stdout
     assert "sig=" not in run.stdout, "a signed link is a credential: never printed whole"
     streams = {s["codec_type"]: s["codec_name"] for s in ffprobe(out)["streams"]}
