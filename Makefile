@@ -61,8 +61,8 @@ bench: setup
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-package:
-	@echo "make package arrives with the Dify plugin (step 3)"; exit 1
+package: $(VENV)/.installed
+	@$(PY) scripts/package_plugin.py
 
 clean:
 	rm -rf $(VENV) $(PLUGIN_VENV) var out dist .pytest_cache .ruff_cache
