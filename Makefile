@@ -61,8 +61,10 @@ bench: setup
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
+# The .difypkg in dist/, plus copies of the example app DSLs pinned to exactly that package.
 package: $(VENV)/.installed
 	@$(PY) scripts/package_plugin.py
+	@$(PY) scripts/pin_dsl.py dist/$$(sed -n 's/^name: *//p' manifest.yaml)-$$(sed -n 's/^version: *//p' manifest.yaml).difypkg --out-dir dist/examples
 
 clean:
 	rm -rf $(VENV) $(PLUGIN_VENV) var out dist .pytest_cache .ruff_cache

@@ -28,6 +28,7 @@ from bridge.storage import output_mime
 
 BAD_LINK = TYPE_BASE + "bad-link"
 KEY_FILE = "link.key"
+AVATAR_PREVIEW = "poster.jpg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,10 @@ class LinkSigner:
         exp = int(now if now is not None else time.time()) + self.ttl_s
         query = urlencode({"exp": exp, "sig": self._sig(job_id, name, exp)})
         return SignedLink(f"{self.base_url}/files/{job_id}/{name}?{query}", exp)
+
+    def sign_avatar_preview(self, avatar_id: str, now: float | None = None) -> SignedLink:
+        """``/files/avatars/<id>/poster.jpg``: signed over ``avatars/<id>``, which no job id can be."""
+        return self.sign(f"avatars/{avatar_id}", AVATAR_PREVIEW, now)
 
     def verify(self, job_id: str, name: str, exp: int, sig: str, now: float | None = None) -> str | None:
         """None when the link is good, else why not (for the problem detail; never the signature)."""

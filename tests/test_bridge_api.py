@@ -219,6 +219,10 @@ def test_avatar_upload_is_preprocessed_and_private_to_its_owner(bridge: Bridge, 
     mine = bridge.client.get("/v1/avatars", headers=bridge.auth()).get_json()["avatars"]
     ada = next(a for a in mine if a["id"] == avatar_id)
     assert (ada["status"], ada["name"], ada["kind"], ada["shared"]) == ("ready", "Ada", "photo", False)
+    preview = download(bridge, ada["preview_url"])
+    assert preview.startswith(b"\xff\xd8")  # a JPEG still
+    tampered = urlsplit(ada["preview_url"].replace("sig=", "sig=0"))
+    assert bridge.client.get(f"{tampered.path}?{tampered.query}").status_code == 403
     theirs = bridge.client.get("/v1/avatars", headers=bridge.auth("tenant-b")).get_json()["avatars"]
     assert avatar_id not in {a["id"] for a in theirs} and PHOTO in {a["id"] for a in theirs}
     problem_of(bridge.submit({"text": "Not yours.", "avatar_id": avatar_id}, sub="tenant-b"), 422, "avatar_id")

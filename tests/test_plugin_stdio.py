@@ -161,7 +161,9 @@ def test_create_avatar_then_list_and_use_it(plugin: PluginProcess, stack: Stack,
     assert any("is ready" in text for text in created.texts)
     listed = plugin.invoke("list_avatars", {}, stack.credentials, user_id="anna-owner")
     assert reply_ok(listed)
-    assert avatar_id in {a["id"] for a in listed.jsons[0]["avatars"]} and "Anna" in listed.texts[0]
+    anna = next(a for a in listed.jsons[0]["avatars"] if a["id"] == avatar_id)
+    assert anna["name"] == "Anna" and "Anna" in listed.texts[0] and "preview: http" in listed.texts[0]
+    assert requests.get(anna["preview_url"], timeout=30).headers["Content-Type"] == "image/jpeg"
     other = plugin.invoke("list_avatars", {}, stack.credentials, user_id="someone-else")
     assert avatar_id not in {a["id"] for a in other.jsons[0]["avatars"]}  # avatars belong to their Dify user
     video = plugin.invoke("text_to_video", {"text": "I am Anna.", "avatar": avatar_id}, stack.credentials,

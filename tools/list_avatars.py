@@ -15,6 +15,7 @@ class ListAvatarsTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
         avatars = client_for(self).avatars()
         lines = [f"- {a['name']} (id {a['id']}, {a.get('kind') or 'avatar'}, {a['status']}"
-                 f"{', shared' if a.get('shared') else ''})" for a in avatars]
+                 f"{', shared' if a.get('shared') else ''})"
+                 + (f" preview: {a['preview_url']}" if a.get("preview_url") else "") for a in avatars]
         yield self.create_text_message("Avatars:\n" + "\n".join(lines) if lines else "There are no avatars yet.")
         yield self.create_json_message({"avatars": avatars})

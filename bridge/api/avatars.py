@@ -56,6 +56,7 @@ class AvatarOut(Schema):
     job_id = String(allow_none=True, metadata={"description": "The preprocessing job (API-made avatars)."})
     error = String(allow_none=True)
     created_at = String(allow_none=True)
+    preview_url = String(allow_none=True, metadata={"description": "Signed link to a JPEG still (once ready)."})
 
 
 class AvatarList(Schema):
@@ -69,8 +70,9 @@ class AvatarCreated(Schema):
 
 def _describe(avatar: Avatar | None, row: AvatarRow | None) -> dict[str, Any]:
     made = {"kind": avatar.kind, "width": avatar.width, "height": avatar.height, "fps": avatar.fps,
-            "duration_s": round(avatar.duration_s, 3)} if avatar else dict.fromkeys(
-        ("kind", "width", "height", "fps", "duration_s"))
+            "duration_s": round(avatar.duration_s, 3),
+            "preview_url": state().file_signer.sign_avatar_preview(avatar.id).url} if avatar else dict.fromkeys(
+        ("kind", "width", "height", "fps", "duration_s", "preview_url"))
     if row is None:
         assert avatar is not None
         return {"id": avatar.id, "name": avatar.name, "status": "ready", "shared": True, **made, "job_id": None,
