@@ -91,7 +91,7 @@ def _worker(settings: BridgeSettings) -> int:
     links = link_minter(settings, store)
     env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
     reaper = ReaperThread([
-        Reaper(database, lambda job_id: publish(app, settings.queue, job_id), settings.job_max_attempts,
+        Reaper(database, settings.queue, lambda job_id: publish(app, settings.queue, job_id), settings.job_max_attempts,
                lambda: broker_job_ids(broker, settings.queue), grace_s=max(2 * settings.reaper_interval_s, 1.0)).sweep,
         Notifier(database, links, KeyStore(settings.keys_path, env_keys), fetch_policy(settings),
                  settings.callback_max_attempts, settings.callback_backoff_s).sweep,

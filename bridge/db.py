@@ -40,6 +40,7 @@ Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 ACTIVE: tuple[str, ...] = ("queued", "running")
+DEFAULT_QUEUE = "render"
 
 
 def utcnow() -> datetime:
@@ -95,6 +96,8 @@ class Job(Base):
     """The running attempt's heartbeat deadline; past it, the reaper gives the job to another worker."""
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     """Seconds per engine stage of the successful attempt."""
+    queue: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """The Celery queue the job was sent to; each queue's workers look after only their own jobs."""
     kind: Mapped[str | None] = mapped_column(String(16), default="render")
     """``render`` (text or audio to video) or ``avatar`` (preprocess an uploaded template)."""
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
@@ -186,7 +189,7 @@ class Database:
     def create_job(
         self, sub: str, inputs: dict[str, Any], *, idempotency_key: str | None = None,
         fingerprint: str | None = None, kind: str = "render", callback_url: str | None = None,
-        avatar: tuple[str, str] | None = None, job_id: str | None = None,
+        avatar: tuple[str, str] | None = None, job_id: str | None = None, queue: str | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job; returns (job, created). An existing job under the same key is returned as is.
 
@@ -199,7 +202,8 @@ class Database:
         now = utcnow()
         job = Job(id=job_id or new_job_id(), sub=sub, status="queued", stage=None, progress=0.0, attempts=0,
                   inputs=inputs, outputs=[], idempotency_key=idempotency_key, request_fingerprint=fingerprint,
-                  created_at=now, updated_at=now, kind=kind, callback_url=callback_url, callback_attempts=0)
+                  created_at=now, updated_at=now, kind=kind, callback_url=callback_url, callback_attempts=0,
+                  queue=queue)
         try:
             with self.session() as session, session.begin():
                 session.add(job)
@@ -337,11 +341,11 @@ class Database:
             )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    def expired_leases(self, limit: int = 100) -> list[Job]:
-        """Running jobs whose worker stopped beating: killed, frozen or cut off."""
+    def expired_leases(self, queue: str, limit: int = 100) -> list[Job]:
+        """Running jobs of ``queue`` whose worker stopped beating: killed, frozen or cut off."""
         with self.session() as session:
             return list(session.scalars(select(Job).where(
-                Job.status == "running", Job.lease_expires_at < utcnow()).limit(limit)).all())
+                Job.status == "running", Job.lease_expires_at < utcnow(), _in_queue(queue)).limit(limit)).all())
 
     def requeue(self, job_id: str, attempt: int) -> bool:
         """running (lease expired) → queued and not dispatched, so exactly one reaper re-publishes it."""
@@ -355,10 +359,10 @@ class Database:
             )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    def queued(self, limit: int = 1000) -> list[Job]:
-        """Queued jobs, oldest first: the reaper checks each has a message somewhere."""
+    def queued(self, queue: str, limit: int = 1000) -> list[Job]:
+        """Queued jobs of ``queue``, oldest first: the reaper checks each has a message somewhere."""
         with self.session() as session:
-            return list(session.scalars(select(Job).where(Job.status == "queued")
+            return list(session.scalars(select(Job).where(Job.status == "queued", _in_queue(queue))
                                         .order_by(Job.created_at).limit(limit)).all())
 
     def counts_by_status(self) -> dict[str, int]:
@@ -430,6 +434,11 @@ class Database:
             row = session.get(AvatarRow, avatar_id)
             if row is not None:
                 session.delete(row)
+
+
+def _in_queue(queue: str) -> Any:
+    """Rows of ``queue``; rows from before the column existed count as the default queue's."""
+    return or_(Job.queue == queue, Job.queue.is_(None)) if queue == DEFAULT_QUEUE else Job.queue == queue
 
 
 def _callback_due(now: datetime) -> dict[str, Any]:

@@ -73,11 +73,15 @@ class SweepReport:
 
 class Reaper:
     def __init__(
-        self, db: Database, publish: Callable[[str], None], max_attempts: int,
+        self, db: Database, queue: str, publish: Callable[[str], None], max_attempts: int,
         in_broker: Callable[[], Iterable[str]], grace_s: float = 10.0,
     ) -> None:
-        """``grace_s``: a job published less than this long ago may still be on its way into the broker."""
+        """Looks after the jobs of ``queue`` only (their messages are in that queue's Redis lists).
+
+        ``grace_s``: a job published less than this long ago may still be on its way into the broker.
+        """
         self.db = db
+        self.queue = queue
         self.grace_s = grace_s
         self.publish = publish
         self.max_attempts = max_attempts
@@ -85,7 +89,7 @@ class Reaper:
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
-        for job in self.db.expired_leases():
+        for job in self.db.expired_leases(self.queue):
             if job.attempts >= self.max_attempts:
                 if self.db.finish(job.id, job.attempts, "failed", error=crashed_error(job.attempts)):
                     report.dead_lettered.append(job.id)
@@ -94,7 +98,7 @@ class Reaper:
                 report.requeued.append(job.id)
                 log.warning("job %s: worker %s stopped beating; requeued after attempt %d",
                             job.id, job.lease_owner, job.attempts)
-        queued = self.db.queued()
+        queued = self.db.queued(self.queue)
         settled = utcnow() - timedelta(seconds=self.grace_s)
         waiting = {job.id for job in queued if job.dispatched_at is not None and job.dispatched_at < settled}
         known = set(self.in_broker()) if waiting else set()

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from bridge.app import create_app
+from bridge.db import Database
 from bridge.keys import KeyStore
+from bridge.reaper import Reaper
 from bridge.settings import BridgeSettings
 from bridge.storage import Storage
 from bridge.tasks import make_celery, publish
@@ -199,3 +201,16 @@ def test_jobs_whose_messages_redis_forgot_are_published_again(tmp_path: Path, st
         done = [bridge.wait(job_id) for job_id in queued]
         assert [d["status"] for d in done] == ["succeeded", "succeeded"], done
         assert "the broker had no message for it" in worker.log.read_text(errors="replace")
+
+
+def test_each_queues_reaper_republishes_only_its_own_jobs(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'queues.db'}")
+    db.create_all()
+    mine, _ = db.create_job("t", {"text": "a", "avatar_id": AVATAR}, queue="render")
+    theirs, _ = db.create_job("t", {"text": "b", "avatar_id": AVATAR}, queue="gpu-large")
+    published: list[str] = []
+    reaper = Reaper(db, "render", published.append, max_attempts=3, in_broker=lambda: [], grace_s=0.0)
+    assert reaper.sweep().published == [mine.id] and published == [mine.id]
+    other: list[str] = []
+    Reaper(db, "gpu-large", other.append, max_attempts=3, in_broker=lambda: [], grace_s=0.0).sweep()
+    assert other == [theirs.id]

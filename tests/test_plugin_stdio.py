@@ -32,9 +32,6 @@ from tests.bridge_fixtures import (
 from tests.conftest import ffprobe
 
 PHOTO = "astronaut-photo"
-LONG_TEXT = ("This announcement is long on purpose. It keeps going for a while, so that the render takes longer "
-             "than the few seconds the tool is allowed to wait, and the tool has to hand back a job id instead. "
-             "Then we ask again with get video, and the finished video arrives.")
 
 
 @dataclass
@@ -181,26 +178,32 @@ def test_dynamic_options_list_avatars_and_voices(plugin: PluginProcess, stack: S
     assert "en-us" in values and len(values) > 50
 
 
-def test_slow_job_returns_its_id_and_get_video_fetches_it_later(plugin: PluginProcess, stack: Stack,
-                                                                 tmp_path: Path) -> None:
-    started = time.monotonic()
-    reply = plugin.invoke("text_to_video", {"text": LONG_TEXT, "avatar": "astronaut", "max_wait_s": 5},
-                          stack.credentials)
-    waited = time.monotonic() - started
-    assert reply_ok(reply) and reply.blobs == []
-    job_id = reply.variables["job_id"]
-    assert 5 <= waited < 15 and any(f"job id is {job_id}" in text for text in reply.texts)
-    gaps = [b - a for a, b in zip(reply.heartbeats_during, reply.heartbeats_during[1:], strict=False)]
-    assert len(reply.heartbeats_during) >= 6 and max(gaps) < 2.0  # the SDK kept beating while the tool waited
-    deadline = time.monotonic() + 120
-    while True:
-        later = plugin.invoke("get_video", {"job_id": job_id}, stack.credentials)
-        assert reply_ok(later)
-        if later.blobs:
-            break
-        assert time.monotonic() < deadline, later.texts
-        time.sleep(1)
-    assert later.variables["job_id"] == job_id and later.links
+def test_slow_job_returns_its_id_and_get_video_fetches_it_later(plugin: PluginProcess, stack: Stack) -> None:
+    # A second API whose queue no worker serves yet: the job surely outlasts the tool's wait.
+    later = {**stack.env, "BRIDGE_QUEUE": "later"}
+    with run_bridge_serve(later, stack.root / "serve-later.log") as base:
+        credentials = {**stack.credentials, "bridge_url": base}
+        started = time.monotonic()
+        reply = plugin.invoke("text_to_video", {"text": "Worth the wait.", "avatar": PHOTO, "max_wait_s": 5},
+                              credentials)
+        waited = time.monotonic() - started
+        assert reply_ok(reply) and reply.blobs == [] and reply.links == []
+        job_id = reply.variables["job_id"]
+        assert 5 <= waited < 15 and any(f"job id is {job_id}" in text for text in reply.texts), reply.texts
+        assert any("waiting for a free renderer" in text for text in reply.texts)
+        gaps = [b - a for a, b in zip(reply.heartbeats_during, reply.heartbeats_during[1:], strict=False)]
+        assert len(reply.heartbeats_during) >= 6 and max(gaps) < 2.0  # the SDK kept beating while the tool waited
+        assert plugin.invoke("get_video", {"job_id": job_id}, credentials).blobs == []  # still queued
+        with run_bridge_worker(later, stack.root / "worker-later.log", REPO):
+            deadline = time.monotonic() + 120
+            while True:
+                fetched = plugin.invoke("get_video", {"job_id": job_id}, credentials)
+                assert reply_ok(fetched)
+                if fetched.blobs:
+                    break
+                assert time.monotonic() < deadline, fetched.texts
+                time.sleep(1)
+    assert fetched.variables["job_id"] == job_id and fetched.links
 
 
 # --- bad input and failures -----------------------------------------------------------------------
@@ -218,8 +221,9 @@ def test_bad_input_is_a_clear_tool_error_and_the_plugin_lives_on(plugin: PluginP
 
 
 def test_bridge_going_down_mid_job_is_reported(plugin: PluginProcess, stack: Stack) -> None:
+    unserved = {**stack.env, "BRIDGE_QUEUE": "unserved"}  # no worker: the job waits until the bridge dies
     with contextlib.ExitStack() as exit_stack:
-        base = exit_stack.enter_context(run_bridge_serve(stack.env, stack.root / "serve-doomed.log"))
+        base = exit_stack.enter_context(run_bridge_serve(unserved, stack.root / "serve-doomed.log"))
         credentials = {**stack.credentials, "bridge_url": base}
 
         def kill_soon() -> None:
@@ -227,7 +231,7 @@ def test_bridge_going_down_mid_job_is_reported(plugin: PluginProcess, stack: Sta
             exit_stack.close()
 
         threading.Thread(target=kill_soon, daemon=True).start()
-        reply = plugin.invoke("text_to_video", {"text": LONG_TEXT, "avatar": "astronaut", "max_wait_s": 60},
+        reply = plugin.invoke("text_to_video", {"text": "Anyone there?", "avatar": PHOTO, "max_wait_s": 60},
                               credentials)
     assert f"Cannot reach the bridge at {base}" in error_of(reply)
     assert plugin.alive and plugin.validate(stack.credentials).error is None

@@ -127,6 +127,7 @@ def create_avatar(body: dict[str, Any]) -> Any:
         st.storage.put_input(job_id, upload_name, source.path)
         job, created = st.db.create_job(
             claims.sub, inputs, idempotency_key=key, kind="avatar", avatar=(avatar_id, name), job_id=job_id,
+            queue=st.settings.queue,
             fingerprint=source.sha256 + (body["name"] or "") if key is not None else None)
     except IdempotencyConflict:
         return problem(422, None, "this Idempotency-Key was already used with a different upload",

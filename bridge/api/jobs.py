@@ -244,7 +244,8 @@ def create_job(body: dict[str, Any]) -> Any:
         if source is not None:
             st.storage.put_input(job_id, inputs["audio"], source.path)
         job, created = st.db.create_job(claims.sub, {**inputs, "kid": claims.kid}, idempotency_key=key,
-                                        fingerprint=fingerprint, callback_url=body["callback_url"], job_id=job_id)
+                                        fingerprint=fingerprint, callback_url=body["callback_url"], job_id=job_id,
+                                        queue=st.settings.queue)
     except IdempotencyConflict:
         return problem(422, None, "this Idempotency-Key was already used with a different request body",
                        IDEMPOTENCY, "Idempotency-Key", code="idempotency_key_reused")
