@@ -300,7 +300,7 @@ def test_state_changes_are_compare_and_set_on_attempt_and_lease(tmp_path: Path) 
     expiring, _ = db.create_job("tenant-cas", {"text": "y", "avatar_id": AVATAR})
     assert db.claim(expiring.id, 0, "host:1", lease_s=0.05) == 1
     time.sleep(0.1)
-    assert [j.id for j in db.expired_leases()] == [expiring.id]
+    assert [j.id for j in db.expired_leases("render")] == [expiring.id]
     assert db.claim(expiring.id, 1, "host:2", lease_s=30) == 2  # an expired lease is up for grabs
     assert db.cancel(expiring.id) and not db.cancel(expiring.id)
     assert not db.heartbeat(expiring.id, 2, "host:2", lease_s=30)  # the worker sees the cancel
