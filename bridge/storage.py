@@ -64,6 +64,10 @@ class Storage:
         """Delete every file of a job (retention, or an upload that turned out to be a replay)."""
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
+    def drop_outputs(self, job_id: str) -> None:
+        """Delete what a failed attempt published, so no partial set of files is left."""
+        shutil.rmtree(self.outputs_dir(job_id), ignore_errors=True)
+
     def drop_stale_work(self, job_id: str, attempt: int) -> None:
         """Remove the scratch of earlier attempts: their workers died or lost the job to this attempt."""
         for earlier in range(1, int(attempt)):

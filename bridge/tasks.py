@@ -10,7 +10,9 @@ compare-and-set on ``attempts``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import random
 import shutil
 import socket
 import threading
@@ -117,6 +119,27 @@ def dead_local_owner(owner: str | None) -> str | None:
     return None
 
 
+STORAGE_FULL = "storage_full"
+STORAGE_FULL_MESSAGE = ("the bridge's storage is full, so the video could not be written; ask the administrator to "
+                        "free space, then submit the job again")
+UPLOAD_ATTEMPTS = 5
+
+
+class StorageFull(Exception):
+    """The storage root (or the disk under a worker's scratch) ran out of space."""
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain, or ffmpeg saying so (the engine reports encoder failures as text)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class JobAbandoned(Exception):
     """The attempt lost its lease (the job was canceled, or another worker took it over): stop rendering."""
 
@@ -178,10 +201,19 @@ class JobRunner:
         """Copy one published output to the bucket (link backend minio); a no-op for local links."""
         if self._store is None:
             return
-        if not self._bucket_ready:
-            self._store.ensure_bucket()
-            self._bucket_ready = True
-        self._store.upload(job_key(job_id, name), path, output_mime(name) or "application/octet-stream")
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            try:
+                if not self._bucket_ready:
+                    self._store.ensure_bucket()
+                    self._bucket_ready = True
+                self._store.upload(job_key(job_id, name), path, output_mime(name) or "application/octet-stream")
+                return
+            except ObjectStoreError as err:
+                if attempt == UPLOAD_ATTEMPTS:
+                    raise
+                wait = min(2.0 ** (attempt - 1), 15.0) * random.uniform(0.5, 1.5)  # backoff with jitter
+                log.warning("job %s: upload of %s failed (%s); retrying in %.1f s", job_id, name, err, wait)
+                time.sleep(wait)
 
     def warm_up(self, **_: Any) -> None:
         """Load the renderer's models in the child before the first job, not inside it."""
@@ -227,12 +259,22 @@ class JobRunner:
         self.storage.drop_stale_work(job_id, attempt)
         status, reason = "failed", None
         try:
-            with LeaseKeeper(db, job_id, attempt, owner, settings.job_lease_s, settings.job_heartbeat_s) as lease:
-                if job.kind == "avatar":
-                    outputs, timings, result = [], {}, self._make_avatar(db, engine, job, attempt, lease.lost)
-                else:
-                    outputs, timings = self._render(db, engine, job, attempt, work, lease.lost)
-                    result = None
+            try:
+                with LeaseKeeper(db, job_id, attempt, owner, settings.job_lease_s, settings.job_heartbeat_s) as lease:
+                    if job.kind == "avatar":
+                        outputs, timings, result = [], {}, self._make_avatar(db, engine, job, attempt, lease.lost)
+                    else:
+                        outputs, timings = self._render(db, engine, job, attempt, work, lease.lost)
+                        result = None
+            except Exception as exc:
+                if _disk_full(exc):
+                    raise StorageFull(str(exc)) from exc
+                raise
+        except StorageFull as err:
+            reason = STORAGE_FULL
+            if db.finish(job_id, attempt, "failed", error={"code": reason, "message": STORAGE_FULL_MESSAGE}):
+                self.storage.drop_outputs(job_id)  # whatever this attempt published is incomplete
+            log.error("job %s attempt %d failed: the storage is full (%s)", job_id, attempt, str(err)[:300])
         except JobAbandoned:
             status = "abandoned"
             log.info("job %s attempt %d stopped: the job was canceled or taken over", job_id, attempt)

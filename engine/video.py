@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -17,6 +18,10 @@ import imageio_ffmpeg
 import numpy as np
 
 from .errors import CorruptMedia
+
+_TEMPLATE_DAMAGE = ("/concat @", "[h264 @", "Invalid data found when processing input", "Error during demuxing",
+                    "moov atom not found")
+"""ffmpeg's words for an input it could not read; with a background, that input is the avatar's template."""
 
 # swscale's default YUV<->RGB path darkens every round trip by about 2 levels; accurate rounding
 # and full chroma interpolation make an encode/decode cycle unbiased.
@@ -142,6 +147,7 @@ class VideoWriter:
                  max_frames: int | None = None, poster: tuple[Path, int] | None = None,
                  burn_in: BurnIn | None = None) -> None:
         self.out = out
+        self.background = background
         self.tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
         self.poster = poster[0] if poster else None
         self.poster_tmp = out.with_name(f".{out.stem}.partial.jpg")
@@ -194,8 +200,19 @@ class VideoWriter:
         try:
             self.proc.stdin.write(memoryview(data).cast("B"))
         except BrokenPipeError as exc:
-            raise RuntimeError(f"the encoder stopped: {self._stderr()}") from exc
+            raise self._failure("the encoder stopped") from exc
         self.frames_written += 1
+
+    def _failure(self, what: str) -> Exception:
+        """Say why ffmpeg stopped: a full disk, a damaged template (the avatar's fault), or anything else."""
+        log = self._stderr()
+        last = log.splitlines()[-1] if log else "no message"
+        if "No space left on device" in log:
+            return OSError(errno.ENOSPC, f"No space left on device while writing {self.out.name}")
+        if self.background is not None and any(mark in log for mark in _TEMPLATE_DAMAGE):
+            return CorruptMedia(f"the avatar's template video is damaged and stopped decoding mid-render ({last}); "
+                                "add the avatar again from its original file", field="avatar")
+        return RuntimeError(f"{what}: {log}")
 
     def _stderr(self) -> str:
         self._err.seek(0)
@@ -206,9 +223,9 @@ class VideoWriter:
         self.proc.stdin.close()
         code = self.proc.wait()
         if code != 0:
-            message = self._stderr()
+            failure = self._failure(f"ffmpeg failed to encode {self.out.name}")
             self.abort()
-            raise RuntimeError(f"ffmpeg failed to encode {self.out.name}: {message}")
+            raise failure
         self._err.close()
         os.replace(self.tmp, self.out)
         if self.poster:

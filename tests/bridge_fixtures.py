@@ -81,7 +81,8 @@ def settings_env(**overrides: Any) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def bridge_with_worker(root: Path, redis_url: str, engine_root: Path, **overrides: Any) -> Iterator[Bridge]:
+def bridge_with_worker(root: Path, redis_url: str, engine_root: Path, log_dir: Path | None = None,
+                       **overrides: Any) -> Iterator[Bridge]:
     """The API in-process (test client) and one real worker subprocess, sharing settings, table and storage."""
     from bridge.app import create_app
     from bridge.keys import KeyStore
@@ -90,7 +91,8 @@ def bridge_with_worker(root: Path, redis_url: str, engine_root: Path, **override
     engine_settings = EngineSettings(_env_file=None, storage_root=engine_root)  # type: ignore[call-arg]
     app = create_app(settings, engine_settings=engine_settings)  # creates the tables before the worker starts
     api_key = KeyStore(settings.keys_path).create()
-    with run_bridge_worker(worker_env(settings, engine_root, **settings_env(**overrides)), root / "worker.log", REPO):
+    log = (log_dir or root) / "worker.log"
+    with run_bridge_worker(worker_env(settings, engine_root, **settings_env(**overrides)), log, REPO):
         yield Bridge(app, app.test_client(), settings, engine_settings, api_key)
 
 
@@ -211,9 +213,10 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def run_bridge_serve(env: dict[str, str], log: Path, timeout_s: float = 60.0) -> Iterator[str]:
-    """``python -m bridge serve`` (gunicorn) on a free port; yields its base URL once /livez answers."""
-    port = free_port()
+def run_bridge_serve(env: dict[str, str], log: Path, timeout_s: float = 60.0, port: int | None = None) -> Iterator[str]:
+    """``python -m bridge serve`` (gunicorn) on ``port`` (default: a free one); yields its base URL once /livez
+    answers."""
+    port = port or free_port()
     env = {**env, "BRIDGE_PORT": str(port), "BRIDGE_HOST": "127.0.0.1"}
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], cwd=REPO, env=env, stdout=out,
@@ -309,3 +312,62 @@ def run_receiver(root: Path) -> Iterator[Receiver]:
         trap.close()
 
 
+
+
+class TcpProxy:
+    """A loopback TCP relay that can be switched off and on: a network outage between two real parts."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = self._connections, []
+        if listener is not None:
+            listener.close()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
