@@ -17,13 +17,12 @@ import concurrent.futures
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +34,13 @@ from bridge.keys import KeyStore  # noqa: E402
 from bridge.settings import BridgeSettings  # noqa: E402
 from engine import Engine, EngineSettings, RenderRequest  # noqa: E402
 from engine.samples import PHOTO_ID, ensure_samples  # noqa: E402
-from tests.bridge_fixtures import free_port, run_bridge_worker, run_redis_server, worker_env  # noqa: E402
+from tests.bridge_fixtures import (  # noqa: E402
+    free_port,
+    run_bridge_serve,
+    run_bridge_worker,
+    run_redis_server,
+    worker_env,
+)
 
 SUBMITTERS = 50
 JOBS = 50
@@ -46,27 +51,6 @@ AUD, ISS = BridgeSettings.model_fields["jwt_audience"].default, BridgeSettings.m
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-@contextlib.contextmanager
-def serve(env: dict[str, str], port: int, log: Path) -> Iterator[str]:
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], cwd=REPO, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"bridge serve did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def main() -> None:
@@ -81,10 +65,12 @@ def main() -> None:
             settings.storage_root.mkdir()
             key = KeyStore(settings.keys_path).create()
             env = worker_env(settings, engine_root, BRIDGE_PORT=str(port))
-            with serve(env, port, root / "serve.log") as base, \
-                    run_bridge_worker(env, root / "w1.log", REPO), run_bridge_worker(env, root / "w2.log", REPO):
+            with run_bridge_serve(env, root / "serve.log", port=port) as base, \
+                    run_bridge_worker(env, root / "w1.log", REPO) as w1, \
+                    run_bridge_worker(env, root / "w2.log", REPO) as w2:
                 overhead(base, key, settings)
                 latency(base, key, engine_root)
+                soak(base, key, settings, [w1.process.pid, w2.process.pid], port)
 
 
 def _token(key: str) -> dict[str, str]:
@@ -140,6 +126,13 @@ def overhead(base: str, key: str, settings: BridgeSettings) -> None:
     print(f"  dispatch (ready → claimed) p50 {pct(dispatch, 50) * 1000:7.1f} ms   "
           f"p99 {pct(dispatch, 99) * 1000:7.1f} ms")
     print(f"  dispatch p50 / render p50  {pct(dispatch, 50) / render:7.3f}  (render p50 {render:.2f} s)")
+    end_to_end = [(r.finished_at - r.created_at).total_seconds() for r in rows]  # type: ignore[operator]
+    span = (max(r.finished_at for r in rows) - min(r.created_at for r in rows)).total_seconds()  # type: ignore[type-var]
+    print(f"  end to end (submit → done)  p50 {pct(end_to_end, 50):6.2f} s   p99 {pct(end_to_end, 99):6.2f} s   "
+          f"{len(rows) / span * 60:.0f} jobs/minute")
+    duplicated = sum(1 for r in rows if r.attempts != 1 or len(r.outputs) != 1)
+    print(f"  lost {JOBS - len(rows)}, failed {sum(1 for j in jobs if j['status'] != 'succeeded')}, "
+          f"run more than once {duplicated}")
 
 
 def latency(base: str, key: str, engine_root: Path) -> None:
@@ -163,6 +156,47 @@ def latency(base: str, key: str, engine_root: Path) -> None:
     print(f"  submit → first byte of the link   {end_to_end:6.2f} s  ({end_to_end / duration:.2f}x real time)")
     print(f"  the same render, engine in-process {direct:6.2f} s")
     print(f"  bridge end to end / direct render  {end_to_end / direct:6.2f}x")
+
+
+def _usage(pids: list[int]) -> tuple[float, int]:
+    """Resident MiB and open file descriptors of these processes and all their children."""
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(pid)
+            procs += [parent, *parent.children(recursive=True)]
+    rss = fds = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rss += proc.memory_info().rss
+            fds += proc.num_fds()
+    return rss / 2**20, fds
+
+
+def soak(base: str, key: str, settings: BridgeSettings, worker_pids: list[int], port: int) -> None:
+    """Steady load for SOAK_S seconds (default 600): memory and descriptors at the start and the end."""
+    duration = float(os.environ.get("SOAK_S", "600"))
+    api = [c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.pid]
+    groups = {"API": sorted(set(api)), "workers": worker_pids}
+    period = 1.5  # one short job every 1.5 s: steady, below what two workers can take
+    submitted: list[str] = []
+    before: dict[str, tuple[float, int]] = {}
+    started = time.monotonic()
+    while time.monotonic() - started < duration:
+        response = requests.post(f"{base}/v1/jobs", json={"text": "Steady.", "avatar_id": PHOTO_ID},
+                                 headers=_token(key), timeout=60)
+        response.raise_for_status()
+        submitted.append(response.json()["id"])
+        if len(submitted) == 20:  # warmed up: caches filled, pools opened
+            before = {name: _usage(pids) for name, pids in groups.items()}
+        time.sleep(period)
+    jobs = [_wait(base, key, job_id) for job_id in submitted]
+    after = {name: _usage(pids) for name, pids in groups.items()}
+    print(f"Soak, {duration / 60:.0f} min, one job every {period} s ({len(jobs)} jobs, "
+          f"{sum(1 for j in jobs if j['status'] == 'succeeded')} succeeded):")
+    for name in groups:
+        (rss0, fd0), (rss1, fd1) = before.get(name, after[name]), after[name]
+        print(f"  {name:8s} RSS {rss0:7.1f} → {rss1:7.1f} MiB ({rss1 / rss0:5.3f}x)   open fds {fd0} → {fd1}")
 
 
 if __name__ == "__main__":
