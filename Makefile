@@ -19,11 +19,13 @@ setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 
 # Debian packages: ffprobe (media validation), a font with CJK glyphs for burned-in subtitles,
 # redis-server (the bridge's queue and replay store; tests start their own) and a single-node Ceph
-# radosgw (the S3 server the object-store tests start on loopback).
-SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server radosgw ceph-mon ceph-osd
+# radosgw (the S3 server the object-store tests start on loopback), and the checkers the deployment
+# tests use: promtool (prometheus) and systemd-analyze (systemd).
+SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server radosgw ceph-mon ceph-osd prometheus systemd
 system-deps:
 	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1 || \
 	    ! command -v radosgw >/dev/null 2>&1 || ! command -v ceph-osd >/dev/null 2>&1 || \
+	    ! command -v promtool >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 || \
 	    [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
 	  echo "installing $(SYSTEM_PACKAGES) (Debian packages)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)' and retry" >&2; exit 1; fi; \

@@ -41,6 +41,12 @@ def _serve(settings: BridgeSettings) -> int:
     """gunicorn with threaded workers (gthread): no monkey-patching, worker recycling, kill on timeout."""
     from gunicorn.app.base import BaseApplication
 
+    from bridge.db import Database
+
+    database = Database(settings.database)
+    database.create_all()  # once, before forking: workers creating tables at the same time collide
+    database.dispose()
+
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             for key, value in {
@@ -48,6 +54,7 @@ def _serve(settings: BridgeSettings) -> int:
                 "workers": settings.api_workers, "threads": settings.api_threads, "timeout": 60,
                 "graceful_timeout": 30, "max_requests": 1000, "max_requests_jitter": 100, "accesslog": None,
                 "proc_name": "talking-head-bridge",
+                "control_socket_disable": True,  # its default path under $HOME may be shared by every API host
             }.items():
                 self.cfg.set(key, value)
 

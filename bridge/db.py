@@ -33,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -165,8 +165,16 @@ class Database:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_all(self) -> None:
-        """Create missing tables, and add nullable columns a newer bridge introduced to an existing table."""
-        Base.metadata.create_all(self.engine)
+        """Create missing tables, and add nullable columns a newer bridge introduced to an existing table.
+
+        Safe when several processes start at once: losing the race to create a table is not an error.
+        """
+        try:
+            Base.metadata.create_all(self.engine)
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            if "already exists" not in str(exc) and "duplicate" not in str(exc).lower():
+                raise
+            Base.metadata.create_all(self.engine)  # the other process made some; make the rest
         present = {column["name"] for column in inspect(self.engine).get_columns(Job.__tablename__)}
         with self.engine.begin() as connection:
             for column in Job.__table__.columns:

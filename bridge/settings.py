@@ -95,7 +95,10 @@ class BridgeSettings(BaseSettings):
         None, description="Bearer token Prometheus sends to GET /metrics. Unset: /metrics is off (404)."
     )
     worker_metrics_port: int = Field(
-        0, ge=0, le=65535, description="Port each worker serves its Prometheus metrics on (127.0.0.1); 0 is off."
+        0, ge=0, le=65535, description="Port each worker serves its Prometheus metrics on; 0 is off."
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address the worker metrics are served on (0.0.0.0 in a container)."
     )
     worker_heartbeat_s: float = Field(10.0, gt=0, description="How often a worker writes its heartbeat to Redis.")
 

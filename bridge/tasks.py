@@ -218,7 +218,8 @@ class JobRunner:
     def warm_up(self, **_: Any) -> None:
         """Load the renderer's models in the child before the first job, not inside it."""
         if self.settings.worker_metrics_port:
-            start_worker_metrics_server(self.settings.worker_metrics_port, registry=self.metrics.registry)
+            start_worker_metrics_server(self.settings.worker_metrics_port, self.settings.worker_metrics_host,
+                                        registry=self.metrics.registry)
         _, engine = self._resources()
         engine.renderer()
         process_log.info("render engine loaded in process %d (renderer %s)", os.getpid(), engine.settings.renderer)
@@ -338,7 +339,7 @@ class JobRunner:
             audio=self.storage.input_path(job.id, audio) if audio else None, lang=inputs.get("lang") or "auto",
             voice=inputs.get("voice"), speed=float(inputs.get("speed", 1.0)),
             resolution=inputs.get("resolution", "source"), subtitles=bool(inputs.get("subtitles", False)),
-            renderer=inputs.get("renderer"),
+            renderer=inputs.get("renderer"), tts=inputs.get("tts"),
         )
         progress("tts", 0.0)
         spoken = engine.speak(base)

@@ -190,6 +190,12 @@ def test_cancel_a_running_job_stops_its_render(bridge: Bridge) -> None:
     assert bridge.client.post(f"/v1/jobs/{job_id}/cancel", headers=bridge.auth("tenant-b")).status_code == 404
 
 
+def test_a_piper_voice_is_spoken_by_piper(bridge: Bridge) -> None:
+    job = bridge.wait(bridge.submit({"text": "Joe speaks.", "avatar_id": PHOTO, "voice": "en_US-joe-medium"})
+                      .get_json()["id"])
+    assert job["status"] == "succeeded", job
+
+
 def test_voices_lists_every_backend(bridge: Bridge) -> None:
     voices = bridge.client.get("/v1/voices", headers=bridge.auth()).get_json()["voices"]
     backends = {v["backend"] for v in voices}

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from bridge.api.deps import RETRY_AFTER_S, SECURITY_SCHEME, current_claims, require_token, state
 from bridge.api.intake import Intake, check_callback, refused, take_upload, take_url
+from bridge.api.voices import voice_backend
 from bridge.db import Database, IdempotencyConflict, Job, new_job_id
 from bridge.jobview import job_json
 from bridge.problems import TYPE_BASE, UNAVAILABLE, VALIDATION, problem
@@ -236,6 +237,8 @@ def create_job(body: dict[str, Any]) -> Any:
         return source
     inputs = {k: v for k, v in body.items() if k not in {"avatar_id", "avatar_ids", "audio_url", "callback_url"}}
     inputs["avatar_ids"] = avatars
+    if body["voice"]:  # a piper or server voice is spoken by its own backend, not the default one
+        inputs["tts"] = voice_backend(body["voice"])
     if source is not None:
         inputs.update(text=None, audio=f"audio.{source.media.ext.lstrip('.')}", audio_sha256=source.sha256)
     fingerprint = _fingerprint({**inputs, "callback_url": body["callback_url"]}) if key is not None else None

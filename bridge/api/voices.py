@@ -42,6 +42,11 @@ def _voices() -> list[dict[str, Any]]:
     return hit[1]
 
 
+def voice_backend(voice_id: str) -> str | None:
+    """The TTS backend that has ``voice_id``; None for an unknown voice (the engine then says so)."""
+    return next((v["backend"] for v in _voices() if v["id"] == voice_id), None)
+
+
 @bp.get("/v1/voices")
 @require_token("jobs:read")
 @bp.output(VoicesOut, description="Every voice, grouped by TTS backend.")
