@@ -114,7 +114,7 @@ def dead_local_owner(owner: str | None) -> str | None:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return owner
-    except PermissionError:
+    except PermissionError:  # alive, under another user
         return None
     return None
 
@@ -258,7 +258,8 @@ class JobRunner:
         self.metrics.attempt_started((utcnow() - job.created_at).total_seconds() if attempt == 1 else None)
         work = self.storage.work_dir(job_id, attempt)
         self.storage.drop_stale_work(job_id, attempt)
-        status, reason = "failed", None
+        status = "failed"
+        error: dict[str, str] | None = None  # why this attempt failed, when it did
         try:
             try:
                 with LeaseKeeper(db, job_id, attempt, owner, settings.job_lease_s, settings.job_heartbeat_s) as lease:
@@ -272,31 +273,23 @@ class JobRunner:
                     raise StorageFull(str(exc)) from exc
                 raise
         except StorageFull as err:
-            reason = STORAGE_FULL
-            if db.finish(job_id, attempt, "failed", error={"code": reason, "message": STORAGE_FULL_MESSAGE}):
-                self.storage.drop_outputs(job_id)  # whatever this attempt published is incomplete
+            error = {"code": STORAGE_FULL, "message": STORAGE_FULL_MESSAGE}
             log.error("job %s attempt %d failed: the storage is full (%s)", job_id, attempt, str(err)[:300])
         except JobAbandoned:
             status = "abandoned"
             log.info("job %s attempt %d stopped: the job was canceled or taken over", job_id, attempt)
         except SoftTimeLimitExceeded:
-            reason = "time_limit"
-            db.finish(job_id, attempt, "failed", error={
-                "code": reason, "message": f"the job ran past its {settings.job_time_limit_s} s limit"})
+            error = {"code": "time_limit", "message": f"the job ran past its {settings.job_time_limit_s} s limit"}
             log.error("job %s attempt %d hit the time limit", job_id, attempt)
         except EngineError as err:
-            reason = err.code
-            db.finish(job_id, attempt, "failed", error={"code": err.code, "message": str(err)})
+            error = {"code": err.code, "message": str(err)}
             log.info("job %s attempt %d failed: %s", job_id, attempt, err.code)
         except ObjectStoreError as err:
-            reason = "object_store_unavailable"
-            db.finish(job_id, attempt, "failed", error={"code": reason, "message": str(err)})
+            error = {"code": "object_store_unavailable", "message": str(err)}
             log.error("job %s attempt %d could not upload its outputs: %s", job_id, attempt, err)
         except Exception:
-            reason = "internal_error"
+            error = {"code": "internal_error", "message": "the render failed unexpectedly; the error has been logged"}
             log.exception("job %s attempt %d crashed", job_id, attempt)
-            db.finish(job_id, attempt, "failed", error={
-                "code": reason, "message": "the render failed unexpectedly; the error has been logged"})
         else:
             self.metrics.observe_stages(timings)
             if db.finish(job_id, attempt, "succeeded", outputs=outputs, timings=timings, result=result):
@@ -306,9 +299,13 @@ class JobRunner:
                 status = "abandoned"
                 log.warning("job %s attempt %d finished but the job was canceled or taken over", job_id, attempt)
         finally:
-            self.metrics.job_finished(status, reason)
-            if job.kind == "avatar" and status == "failed":
-                db.set_avatar_status(str(job.inputs["avatar_id"]), "failed", _error_of(db, job_id))
+            if error is not None:
+                finished = db.finish(job_id, attempt, "failed", error=error)
+                if finished and error["code"] == STORAGE_FULL:
+                    self.storage.drop_outputs(job_id)  # whatever this attempt published is incomplete
+                if job.kind == "avatar":
+                    db.set_avatar_status(str(job.inputs["avatar_id"]), "failed", error["message"])
+            self.metrics.job_finished(status, error["code"] if error else None)
             shutil.rmtree(work, ignore_errors=True)
             with contextlib.suppress(OSError):
                 work.parent.rmdir()  # only when no other attempt's scratch is left
@@ -369,9 +366,10 @@ class JobRunner:
 
         avatar = engine.avatars.add(source, avatar_id=avatar_id, name=str(job.inputs.get("name") or avatar_id),
                                     progress=progress)
-        if lost.is_set() or db.avatar(avatar_id) is None:  # canceled, taken over, or deleted meanwhile
-            if db.avatar(avatar_id) is None:
-                engine.avatars.delete(avatar.id)
+        deleted = db.avatar(avatar_id) is None  # by its owner while it was being prepared
+        if deleted:
+            engine.avatars.delete(avatar.id)
+        if deleted or lost.is_set():
             raise JobAbandoned(job.id)
         db.set_avatar_status(avatar_id, "ready")
         return {"id": avatar.id, "name": avatar.name, "kind": avatar.kind, "width": avatar.width,
@@ -392,11 +390,6 @@ class JobRunner:
         return {"avatar_id": result.avatar_id, "name": video, **files,
                 "duration_s": round(result.duration_s, 3), "width": result.width, "height": result.height,
                 "size_bytes": storage.output_path(job_id, video).stat().st_size, "mime": output_mime(video)}
-
-
-def _error_of(db: Database, job_id: str) -> str | None:
-    row = db.get_job(job_id)
-    return row.error_message if row is not None else None
 
 
 def _lease_over(job: Job) -> bool:
