@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -69,8 +70,12 @@ class PluginProcess:
         self._lock = threading.Lock()
         self.heartbeats: list[float] = []
         self.logs: list[dict[str, Any]] = []
+        self.startup: list[dict[str, Any]] = []
+        """Every JSON object printed up to and including the first heartbeat (the manifest comes first)."""
         self.process: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
+        # A file, not a pipe: nobody reads it until something fails. Closed by stop().
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
 
     def __enter__(self) -> PluginProcess:
         self.start()
@@ -81,11 +86,17 @@ class PluginProcess:
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.process = subprocess.Popen([str(self._python), "-m", "main"], cwd=self.plugin_dir, env=self._env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(timeout_s):
+            said = self.stderr()[-5000:]
             self.stop()
-            raise RuntimeError("the plugin sent no heartbeat: it did not start")
+            raise RuntimeError(f"the plugin sent no heartbeat in {timeout_s:.0f} s: it did not start.\n"
+                               f"printed: {self.startup}\nstderr:\n{said}")
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -95,6 +106,9 @@ class PluginProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None and self.process.stdin is not None:
+            self.process.stdin.close()
+        self._stderr.close()
 
     @property
     def alive(self) -> bool:
@@ -111,6 +125,8 @@ class PluginProcess:
             except ValueError:
                 continue
             kind = event.get("event")
+            if not self._ready.is_set():
+                self.startup.append(event)
             if kind == "heartbeat":
                 self.heartbeats.append(time.monotonic())
                 self._ready.set()

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import shutil
 import subprocess
-import threading
-import time
 import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import yaml
 
+from scripts.dify_daemon import PluginProcess
 from scripts.package_plugin import (
     MAX_PACKAGE_BYTES,
     Package,
@@ -321,34 +318,6 @@ def test_the_package_is_a_sorted_deflate_zip(real_package: Package) -> None:
     assert sum(entry.file_size for entry in entries) == real_package.uncompressed
 
 
-def pump(stream: IO[bytes] | None, lines: queue.Queue[bytes]) -> None:
-    """Forward ``stream``'s lines, then b"" at end of file, so the reader can wait with a deadline."""
-    assert stream is not None
-    for line in iter(stream.readline, b""):
-        lines.put(line)
-    lines.put(b"")
-
-
-def read_until_heartbeat(process: subprocess.Popen[bytes], timeout_s: float) -> list[dict[str, Any]]:
-    """The JSON objects the plugin prints, up to and including its first heartbeat (the daemon's "ready")."""
-    lines: queue.Queue[bytes] = queue.Queue()
-    threading.Thread(target=pump, args=(process.stdout, lines), daemon=True).start()
-    events: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if line == b"":
-            raise AssertionError(f"the plugin exited (code {process.wait()}) before its first heartbeat: {events}")
-        if line.strip():
-            events.append(json.loads(line))
-            if events[-1].get("event") == "heartbeat":
-                return events
-    raise AssertionError(f"no heartbeat within {timeout_s} s: {events}")
-
-
 @pytest.mark.slow
 def test_the_package_installs_in_a_fresh_python_312_venv_and_starts(real_package: Package, tmp_path: Path) -> None:
     plugin_dir = tmp_path / "plugin"
@@ -364,25 +333,8 @@ def test_the_package_installs_in_a_fresh_python_312_venv_and_starts(real_package
     assert install.returncode == 0, install.stdout[-5000:] + install.stderr[-5000:]
 
     # As the daemon starts it: `python -m <entrypoint>` in the plugin folder, with little more than PATH.
-    env = {"PATH": os.environ["PATH"], "INSTALL_METHOD": "local", "HEARTBEAT_INTERVAL": "0.5"}
-    stderr_path = tmp_path / "plugin-stderr.log"
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen([str(python), "-m", "main"], cwd=plugin_dir, env=env, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=stderr)
-        try:
-            events = read_until_heartbeat(process, timeout_s=60)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\nstderr:\n{stderr_path.read_text(errors='replace')[-5000:]}") from None
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            for pipe in (process.stdin, process.stdout):
-                if pipe is not None:
-                    pipe.close()
+    with PluginProcess(plugin_dir, python) as plugin:
+        events = plugin.startup
     manifest = load_manifest(REPO)
     assert (events[0].get("name"), events[0].get("version")) == (manifest["name"], manifest["version"])
     assert not [event for event in events if event.get("event") == "error"], events
