@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import os
 import queue
+import select
 import shutil
 import signal
 import socket
@@ -102,6 +103,19 @@ def worker_env(settings: BridgeSettings, engine_root: Path, **extra: str) -> dic
     return {**inherited, "BRIDGE_REDIS_URL": settings.redis_url, "BRIDGE_STORAGE_ROOT": str(settings.storage_root),
             "BRIDGE_DATABASE_URL": settings.database, "BRIDGE_QUEUE": settings.queue,
             "ENGINE_STORAGE_ROOT": str(engine_root), **extra}
+
+
+def listening_trap() -> socket.socket:
+    """A listening loopback socket that nothing may connect to; ``was_connected`` tells if something did."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
+
+
+def was_connected(trap: socket.socket, wait_s: float = 0.3) -> bool:
+    """Whether a connection is waiting in the trap's accept queue."""
+    return bool(select.select([trap], [], [], wait_s)[0])
 
 
 def free_port() -> int:
@@ -254,12 +268,7 @@ class Receiver:
 
     def trap_was_hit(self) -> bool:
         assert self.trap is not None
-        self.trap.setblocking(False)
-        try:
-            self.trap.accept()[0].close()
-        except BlockingIOError:
-            return False
-        return True
+        return was_connected(self.trap)
 
     @property
     def base(self) -> str:
@@ -268,9 +277,7 @@ class Receiver:
 
 @contextlib.contextmanager
 def run_receiver(root: Path) -> Iterator[Receiver]:
-    trap = socket.socket()
-    trap.bind(("127.0.0.1", 0))
-    trap.listen(4)
+    trap = listening_trap()
     receiver = Receiver(root, trap=trap)
 
     class Handler(http.server.BaseHTTPRequestHandler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from skimage import data as skdata
 from engine import Engine, EngineSettings
 from engine.samples import PHOTO_ID, VIDEO_ID, ensure_samples
 from engine.video import ffmpeg_exe
-from tests.bridge_fixtures import RedisServer, run_redis_server
+from tests.bridge_fixtures import RedisServer, listening_trap, run_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,6 +31,14 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(built / avatar_id, root / "avatars" / avatar_id)
     ensure_samples(EngineSettings(storage_root=root))
     return root
+
+
+@pytest.fixture
+def trap() -> Iterator[socket.socket]:
+    """A listening socket that nothing may connect to (check with ``bridge_fixtures.was_connected``)."""
+    sock = listening_trap()
+    yield sock
+    sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
-import select
 import socket
 import sys
 import threading
@@ -22,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from bridge.fetch import FetchError, FetchPolicy, fetch
+from tests.bridge_fixtures import was_connected
 
 BODY = bytes(range(256)) * 4  # 1 KiB
 SECRET = "sig=TOPSECRET"
@@ -109,19 +109,6 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-@pytest.fixture
-def trap() -> Iterator[socket.socket]:
-    """A listening socket that nothing may connect to (checked after the test through its accept queue)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    yield sock
-    sock.close()
-
-
-def connected(sock: socket.socket) -> bool:
-    return bool(select.select([sock], [], [], 0.3)[0])
-
 
 @pytest.fixture
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[object]:
@@ -161,7 +148,7 @@ def test_proxy_settings_in_the_environment_are_ignored(server: str, trap: socket
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     fetch(f"http://{server}/small", tmp_path / "a", policy(server))
-    assert not connected(trap)
+    assert not was_connected(trap)
 
 
 def test_bare_host_entry_allows_any_port_and_relative_redirects(server: str, tmp_path: Path) -> None:
@@ -302,7 +289,7 @@ def test_redirect_to_internal_address_is_refused_before_connecting(
               field="audio_url")
     assert err.value.code == "url_not_allowed"
     assert ("plain http" if scheme == "http" else "loopback address") in str(err.value)
-    assert not connected(trap), "the redirect target must never see a connection"
+    assert not was_connected(trap), "the redirect target must never see a connection"
     assert not list(tmp_path.iterdir())
 
 

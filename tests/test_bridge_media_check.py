@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import select
 import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from bridge.media_check import CheckedMedia, MediaLimits, check_media
 from engine.errors import CorruptMedia, EngineError, MediaTooLong, UnsupportedMedia
 from engine.media import validate_audio, validate_template
+from tests.bridge_fixtures import was_connected
 from tests.conftest import ffmpeg
 
 LIMITS = MediaLimits(max_duration_s=10)
@@ -43,14 +42,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(d / "tone.wav", d / "tone-on-disk.mp3")
     return d
 
-
-@pytest.fixture
-def trap() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    yield sock
-    sock.close()
 
 
 @pytest.mark.parametrize(("name", "ext"), [("tone.wav", ".wav"), ("tone.mp3", ".mp3"), ("tone.m4a", ".m4a"),
@@ -127,7 +118,7 @@ def test_hls_playlist_is_refused_without_connecting(media: Path, trap: socket.so
                         "#EXT-X-ENDLIST\n")
     for expect in ("audio", "avatar"):
         reject(playlist, expect, UnsupportedMedia, "is an HLS playlist, which is not accepted", user_filename="a.m3u8")
-    assert not select.select([trap], [], [], 0.3)[0], "ffprobe must not connect anywhere"
+    assert not was_connected(trap), "ffprobe must not connect anywhere"
 
 
 def test_wrong_kind(media: Path) -> None:
