@@ -20,12 +20,15 @@ setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 # Debian packages: ffprobe (media validation), a font with CJK glyphs for burned-in subtitles,
 # redis-server (the bridge's queue and replay store; tests start their own) and a single-node Ceph
 # radosgw (the S3 server the object-store tests start on loopback), and the checkers the deployment
-# tests use: promtool (prometheus) and systemd-analyze (systemd).
-SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server radosgw ceph-mon ceph-osd prometheus systemd
+# tests use: promtool (prometheus) and systemd-analyze (systemd). The cluster test adds PostgreSQL (the job table
+# of a multi-host install) and iproute2 (its hosts are network namespaces).
+SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server radosgw ceph-mon ceph-osd prometheus systemd postgresql \
+	iproute2
 system-deps:
 	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1 || \
 	    ! command -v radosgw >/dev/null 2>&1 || ! command -v ceph-osd >/dev/null 2>&1 || \
 	    ! command -v promtool >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 || \
+	    ! command -v ip >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
 	    [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
 	  echo "installing $(SYSTEM_PACKAGES) (Debian packages)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)' and retry" >&2; exit 1; fi; \
@@ -36,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { py=$$(scripts/find-python.sh 3.11) && $$py -m venv $(VENV); }
 	@echo "installing the server environment ($(VENV), Python 3.11)"
 	@$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
-	@$(PY) -m pip install -q -e '.[piper,dev]' $(QUIET_PIP)
+	@$(PY) -m pip install -q -e '.[piper,postgres,dev]' $(QUIET_PIP)
 	@touch $@
 
 $(PLUGIN_VENV)/.installed: requirements.txt

@@ -1,7 +1,7 @@
 """Print the pinned Python requirements one image installs, taken from pyproject.toml.
 
     python requirements.py api       the bridge API: the package's pins less what only rendering needs
-    python requirements.py worker    a render worker: every pin, the piper extra and the PostgreSQL driver
+    python requirements.py worker    a render worker: every pin, and the piper and postgres extras
 
 pyproject.toml is read from beside this file (where the Dockerfiles copy both) or from its parent directory (the
 repository). The package itself is then
@@ -27,8 +27,8 @@ API_LEAVES_OUT = {
 }
 """Distribution name → why the API image goes without it."""
 
-DEPLOY_ONLY = ["psycopg[binary]==3.3.9"]
-"""The PostgreSQL driver for BRIDGE_DATABASE_URL=postgresql+psycopg://… (a single host uses SQLite without it)."""
+EXTRAS = ("piper", "postgres")
+"""Optional dependencies both images carry: piper voices, and the PostgreSQL driver a multi-host job table needs."""
 
 
 def _name(requirement: str) -> str:
@@ -48,7 +48,7 @@ def _pyproject() -> Path:
 
 def requirements(role: str, pyproject: Path | None = None) -> list[str]:
     project = tomllib.loads((pyproject or _pyproject()).read_text())["project"]
-    pins = [*project["dependencies"], *project["optional-dependencies"]["piper"], *DEPLOY_ONLY]
+    pins = [*project["dependencies"], *(pin for extra in EXTRAS for pin in project["optional-dependencies"][extra])]
     if role == "worker":
         return pins
     if role == "api":

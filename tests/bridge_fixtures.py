@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,10 +183,14 @@ class BridgeWorker:
 @contextlib.contextmanager
 def run_bridge_worker(
     env: dict[str, str], log: Path, cwd: Path, timeout_s: float = 60.0, module: str = "bridge",
+    prefix: Sequence[str] = (),
 ) -> Iterator[BridgeWorker]:
-    """Start ``python -m <module> worker`` in its own process group; wait for 'ready', kill the group on exit."""
+    """Start ``python -m <module> worker`` in its own process group; wait for 'ready', kill the group on exit.
+
+    ``prefix`` runs it elsewhere (another host's namespace); it must exec the worker, not fork it.
+    """
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", module, "worker"], cwd=cwd, env=env, stdout=out,
+        process = subprocess.Popen([*prefix, sys.executable, "-m", module, "worker"], cwd=cwd, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
@@ -196,7 +200,7 @@ def run_bridge_worker(
             time.sleep(0.1)
         yield BridgeWorker(process, log)
     finally:
-        _kill_group(process)
+        stop_group(process)
 
 
 def worker_children(worker: BridgeWorker) -> list[int]:
@@ -212,7 +216,7 @@ def kill_hard(worker: BridgeWorker) -> None:
     worker.process.wait(timeout=10)
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+def stop_group(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the worker's whole group (main process and prefork child), then SIGKILL what is left."""
     for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         with contextlib.suppress(ProcessLookupError):
@@ -247,7 +251,7 @@ def run_bridge_serve(env: dict[str, str], log: Path, timeout_s: float = 60.0, po
             time.sleep(0.1)
         yield base
     finally:
-        _kill_group(process)
+        stop_group(process)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from engine import Engine, EngineSettings
 from engine.samples import PHOTO_ID, VIDEO_ID, ensure_samples
 from engine.video import ffmpeg_exe
 from tests.bridge_fixtures import RedisServer, listening_trap, run_redis_server
+from tests.pg_fixture import PostgresServer, run_postgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,6 +46,13 @@ def trap() -> Iterator[socket.socket]:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A throwaway redis-server per test module (bridge tests)."""
     with run_redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server on loopback for the session; tests take a fresh database each (``create_database``)."""
+    with run_postgres() as server:
         yield server
 
 

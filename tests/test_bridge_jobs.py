@@ -2,7 +2,8 @@
 
 A real redis-server is the broker and replay store; ``python -m bridge worker`` runs as a subprocess
 in its own process group; the API runs in-process through the Flask test client. Both share one
-SQLite job table and one storage root.
+job table and one storage root. Every test runs twice: on the default SQLite file and on a real
+PostgreSQL server (what a deployment with workers on other hosts uses).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import concurrent.futures
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,14 +34,26 @@ from tests.bridge_fixtures import (
     free_port,
     make_settings,
 )
+from tests.pg_fixture import PostgresServer
 
 AVATAR = "astronaut-photo"  # the small 512² sample: fast to render
 
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def job_table(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The job table's URL: a SQLite file, or a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobs.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database(f"jobs_{uuid.uuid4().hex[:12]}")
+
+
 @pytest.fixture(scope="module")
-def bridge(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, storage: Path) -> Iterator[Bridge]:
-    with bridge_with_worker(tmp_path_factory.mktemp("bridge"), redis_server.url, storage) as running:
+def bridge(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, storage: Path,
+           job_table: str) -> Iterator[Bridge]:
+    with bridge_with_worker(tmp_path_factory.mktemp("bridge"), redis_server.url, storage,
+                            database_url=job_table) as running:
         yield running
 
 
@@ -127,7 +141,8 @@ def test_tampered_signature_is_403(bridge: Bridge, finished: dict[str, Any]) -> 
 
 
 def test_expired_link_is_403(bridge: Bridge, finished: dict[str, Any], redis_server: RedisServer) -> None:
-    settings = make_settings(bridge.settings.storage_root, redis_server.url, link_ttl_s=1)
+    settings = make_settings(bridge.settings.storage_root, redis_server.url, link_ttl_s=1,
+                             database_url=bridge.settings.database)
     client = create_app(settings, engine_settings=bridge.engine_settings).test_client()
     body = client.get(f"/v1/jobs/{finished['id']}", headers=bridge.auth()).get_json()
     link = path_of(body["outputs"][0]["video_url"])
@@ -242,7 +257,7 @@ def test_list_is_paginated_and_per_sub(bridge: Bridge, redis_server: RedisServer
 
 
 def test_broker_down_is_503_and_the_row_stays_queued(bridge: Bridge, redis_server: RedisServer) -> None:
-    settings = make_settings(bridge.settings.storage_root, redis_server.url,
+    settings = make_settings(bridge.settings.storage_root, redis_server.url, database_url=bridge.settings.database,
                              broker_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
     client = create_app(settings, engine_settings=bridge.engine_settings).test_client()
     body = {"text": "Queued for later.", "avatar_id": AVATAR}
@@ -276,8 +291,8 @@ def test_engine_error_fails_the_job_with_its_code(bridge: Bridge) -> None:
     assert body["error"]["code"] == "unknown_voice" and "no-such-voice" in body["error"]["message"]
 
 
-def test_state_changes_are_compare_and_set_on_attempt_and_lease(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'cas.db'}")
+def test_state_changes_are_compare_and_set_on_attempt_and_lease(job_table: str) -> None:
+    db = Database(job_table)
     db.create_all()
     job, created = db.create_job("tenant-cas", {"text": "x", "avatar_id": AVATAR})
     assert created

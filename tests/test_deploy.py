@@ -237,7 +237,9 @@ def test_requirements_split_follows_pyproject() -> None:
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     worker = module.requirements("worker", PYPROJECT)
     api = module.requirements("api", PYPROJECT)
-    assert worker == [*project["dependencies"], *project["optional-dependencies"]["piper"], *module.DEPLOY_ONLY]
+    extras = project["optional-dependencies"]
+    assert worker == [*project["dependencies"], *extras["piper"], *extras["postgres"]]
+    assert any(canonicalize_name(Requirement(r).name) == "psycopg" for r in api), "the API needs the PostgreSQL driver"
     for requirement in worker:  # exact pins only, so the images are as reproducible as `make setup`
         assert str(Requirement(requirement).specifier).startswith("=="), requirement
     left_out = {canonicalize_name(n) for n in module.API_LEAVES_OUT}
