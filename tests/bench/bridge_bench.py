@@ -7,6 +7,9 @@
 2. End-to-end latency of a ~3-second sentence on an idle stack: POST → poll → first byte of the
    video through its link, against the same render done directly by the engine in one process.
 
+3. A soak (SOAK_S seconds, default 600): RSS and open descriptors of the API and the workers.
+
+BENCH_PHASES (comma-separated, default ``overhead,latency,soak``) runs a subset.
 The stack is the production one on loopback: redis-server, `python -m bridge serve` (gunicorn
 gthread, 2 processes × 8 threads) and two `python -m bridge worker` processes (one per core here).
 """
@@ -68,9 +71,13 @@ def main() -> None:
             with run_bridge_serve(env, root / "serve.log", port=port) as base, \
                     run_bridge_worker(env, root / "w1.log", REPO) as w1, \
                     run_bridge_worker(env, root / "w2.log", REPO) as w2:
-                overhead(base, key, settings)
-                latency(base, key, engine_root)
-                soak(base, key, settings, [w1.process.pid, w2.process.pid], port)
+                phases = os.environ.get("BENCH_PHASES", "overhead,latency,soak").split(",")
+                if "overhead" in phases:
+                    overhead(base, key, settings)
+                if "latency" in phases:
+                    latency(base, key, engine_root)
+                if "soak" in phases:
+                    soak(base, key, settings, [w1.process.pid, w2.process.pid], port)
 
 
 def _token(key: str) -> dict[str, str]:
@@ -174,30 +181,44 @@ def _usage(pids: list[int]) -> tuple[float, int]:
 
 
 def soak(base: str, key: str, settings: BridgeSettings, worker_pids: list[int], port: int) -> None:
-    """Steady load for SOAK_S seconds (default 600): memory and descriptors at the start and the end."""
+    """Steady load for SOAK_S seconds (default 600): memory and descriptors sampled ten times after warm-up.
+
+    A leak grows at a steady rate; allocator arenas and caches filling up grow early and stop. So the
+    figure that tells them apart is the growth over the second half of the soak, next to the first half's.
+    """
     duration = float(os.environ.get("SOAK_S", "600"))
     api = [c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.pid]
     groups = {"API": sorted(set(api)), "workers": worker_pids}
     period = 1.5  # one short job every 1.5 s: steady, below what two workers can take
     submitted: list[str] = []
-    before: dict[str, tuple[float, int]] = {}
+    samples: list[tuple[float, dict[str, tuple[float, int]]]] = []
     started = time.monotonic()
+    warm_at: float | None = None
     while time.monotonic() - started < duration:
         response = requests.post(f"{base}/v1/jobs", json={"text": "Steady.", "avatar_id": PHOTO_ID},
                                  headers=_token(key), timeout=60)
         response.raise_for_status()
         submitted.append(response.json()["id"])
+        now = time.monotonic()
         if len(submitted) == 20:  # warmed up: caches filled, pools opened
-            before = {name: _usage(pids) for name, pids in groups.items()}
+            warm_at = now
+        if warm_at is not None and now - warm_at >= len(samples) * (duration - (warm_at - started)) / 10:
+            samples.append((now - started, {name: _usage(pids) for name, pids in groups.items()}))
         time.sleep(period)
     jobs = [_wait(base, key, job_id) for job_id in submitted]
-    after = {name: _usage(pids) for name, pids in groups.items()}
+    samples.append((time.monotonic() - started, {name: _usage(pids) for name, pids in groups.items()}))
     print(f"Soak, {duration / 60:.0f} min, one job every {period} s ({len(jobs)} jobs, "
-          f"{sum(1 for j in jobs if j['status'] == 'succeeded')} succeeded):")
+          f"{sum(1 for j in jobs if j['status'] == 'succeeded')} succeeded); sampled at "
+          + " ".join(f"{at / 60:.1f}" for at, _ in samples) + " min:")
     for name in groups:
-        (rss0, fd0), (rss1, fd1) = before.get(name, after[name]), after[name]
-        print(f"  {name:8s} RSS {rss0:7.1f} → {rss1:7.1f} MiB ({rss1 / rss0:5.3f}x)   open fds {fd0} → {fd1}")
-
+        rss = [usage[name][0] for _, usage in samples]
+        fds = [usage[name][1] for _, usage in samples]
+        mid = len(rss) // 2
+        print(f"  {name:8s} RSS MiB " + " ".join(f"{r:.1f}" for r in rss))
+        print(f"  {'':8s} open fds " + " ".join(str(f) for f in fds))
+        print(f"  {'':8s} RSS {rss[0]:.1f} → {rss[-1]:.1f} MiB ({rss[-1] / rss[0]:.3f}x); first half "
+              f"{rss[mid] - rss[0]:+.1f} MiB, second half {rss[-1] - rss[mid]:+.1f} MiB "
+              f"({rss[-1] / rss[mid]:.3f}x)")
 
 if __name__ == "__main__":
     main()
