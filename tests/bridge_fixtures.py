@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,22 +230,30 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # the prefork child may outlive its parent
 
 
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now (refused, or accepted while gunicorn's workers boot, is False)."""
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 @contextlib.contextmanager
-def run_bridge_serve(env: dict[str, str], log: Path, timeout_s: float = 60.0, port: int | None = None) -> Iterator[str]:
-    """``python -m bridge serve`` (gunicorn) on ``port`` (default: a free one); yields its base URL once /livez
-    answers."""
+def run_bridge_serve(
+    env: dict[str, str], log: Path, timeout_s: float = 60.0, port: int | None = None, *, host: str = "127.0.0.1",
+    prefix: Sequence[str] = (), probe: Callable[[str], bool] = answers,
+) -> Iterator[str]:
+    """``python -m bridge serve`` (gunicorn) on ``host:port`` (default: a free loopback port); yields its base URL
+    once /livez answers. ``prefix`` and ``probe`` run it on, and ask it from, another host (tests/netns.py)."""
     port = port or free_port()
-    env = {**env, "BRIDGE_PORT": str(port), "BRIDGE_HOST": "127.0.0.1"}
+    env = {**env, "BRIDGE_PORT": str(port), "BRIDGE_HOST": host}
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], cwd=REPO, env=env, stdout=out,
+        process = subprocess.Popen([*prefix, sys.executable, "-m", "bridge", "serve"], cwd=REPO, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + timeout_s
-        while True:
-            with contextlib.suppress(requests.RequestException):  # refused, or accepted while workers boot
-                if requests.get(f"{base}/livez", timeout=5).status_code == 200:
-                    break
+        while not probe(f"{base}/livez"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"bridge serve did not start:\n{log.read_text(errors='replace')[-4000:]}")
             time.sleep(0.1)

@@ -18,10 +18,10 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,18 @@ import requests
 from bridge.auth import mint_token
 from bridge.keys import KeyStore
 from bridge.storage import Storage
-from tests.bridge_fixtures import AUD, FINAL, ISS, REPO, RW, BridgeWorker, run_bridge_worker, stop_group
+from tests.bridge_fixtures import (
+    AUD,
+    FINAL,
+    ISS,
+    REPO,
+    RW,
+    BridgeWorker,
+    answers,
+    run_bridge_serve,
+    run_bridge_worker,
+    stop_group,
+)
 from tests.conftest import ffprobe
 from tests.netns import Host, segment
 from tests.pg_fixture import run_postgres
@@ -121,32 +132,6 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _serve(host: Host, env: dict[str, str], log: Path) -> Iterator[str]:
-    base = f"http://{host.ip}:{API_PORT}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(host.command([sys.executable, "-m", "bridge", "serve"]), cwd=REPO,
-                                   env={**env, "BRIDGE_HOST": "0.0.0.0", "BRIDGE_PORT": str(API_PORT),
-                                        "BRIDGE_PUBLIC_BASE_URL": base},
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not host.call(_answers, f"{base}/readyz"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"bridge serve did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        stop_group(process)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, storage: Path) -> Iterator[Cluster]:
     shared = tmp_path_factory.mktemp("nfs")  # the storage root every host mounts
@@ -161,7 +146,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, storage: Path) -> Iterator
         api_key = KeyStore(shared / "keys.json").create()
         env = _env(BRIDGE_STORAGE_ROOT=str(shared), BRIDGE_DATABASE_URL=database, BRIDGE_MIN_FREE_BYTES="0",
                    BRIDGE_REDIS_URL=redis_url, ENGINE_STORAGE_ROOT=str(storage))
-        base = stack.enter_context(_serve(hosts["api"], env, logs / "api.log"))
+        api = hosts["api"]
+        base = stack.enter_context(run_bridge_serve(env, logs / "api.log", port=API_PORT, host=api.ip,
+                                                    prefix=api.command([]), probe=partial(api.call, answers)))
         workers = {name: stack.enter_context(run_bridge_worker(env, logs / f"{name}.log", REPO,
                                                                prefix=hosts[name].command([])))
                    for name in WORKERS}
@@ -171,8 +158,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, storage: Path) -> Iterator
 
 def test_the_cluster_is_reachable_only_over_its_network(cluster: Cluster) -> None:
     data = cluster.hosts["data"]
-    assert not _answers(f"http://127.0.0.1:{API_PORT}/livez")  # nothing listens on this machine's own network
-    assert cluster.api.call(_answers, f"{cluster.base}/readyz")  # /readyz: PostgreSQL, Redis, storage
+    assert not answers(f"http://127.0.0.1:{API_PORT}/livez")  # nothing listens on this machine's own network
+    assert cluster.api.call(answers, f"{cluster.base}/readyz")  # /readyz: PostgreSQL, Redis, storage
     password = cluster.secrets[1]
     assert not cluster.api.call(_pings, redis.Redis("127.0.0.1", REDIS_PORT, password=password,
                                                     socket_connect_timeout=0.5))

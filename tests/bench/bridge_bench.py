@@ -6,10 +6,12 @@
    worker → compare-and-set), so time spent queued behind other renders is not counted.
 2. End-to-end latency of a ~3-second sentence on an idle stack: POST → poll → first byte of the
    video through its link, against the same render done directly by the engine in one process.
-
 3. A soak (SOAK_S seconds, default 600): RSS and open descriptors of the API and the workers.
 
-BENCH_PHASES (comma-separated, default ``overhead,latency,soak``) runs a subset.
+BENCH_PHASES (comma-separated, default ``overhead,latency,soak``) runs a subset. The overhead phase runs
+once per job table in BENCH_DATABASES (default ``sqlite,postgresql``: one host's default, and what
+several hosts share); the others on the first only.
+
 The stack is the production one on loopback: redis-server, `python -m bridge serve` (gunicorn
 gthread, 2 processes × 8 threads) and two `python -m bridge worker` processes (one per core here).
 """
@@ -23,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -44,6 +47,7 @@ from tests.bridge_fixtures import (  # noqa: E402
     run_redis_server,
     worker_env,
 )
+from tests.pg_fixture import run_postgres  # noqa: E402
 
 SUBMITTERS = 50
 JOBS = 50
@@ -57,28 +61,41 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp:
-        root = Path(tmp)
-        engine_root = Path(os.environ.get("ENGINE_STORAGE_ROOT", REPO / "var"))
-        ensure_samples(EngineSettings(storage_root=engine_root))
-        port = free_port()
-        with run_redis_server(root) as redis_server:
-            settings = BridgeSettings(_env_file=None, storage_root=root / "bridge", redis_url=redis_server.url,
-                                      min_free_bytes=0, port=port)  # type: ignore[call-arg]
-            settings.storage_root.mkdir()
-            key = KeyStore(settings.keys_path).create()
-            env = worker_env(settings, engine_root, BRIDGE_PORT=str(port))
-            with run_bridge_serve(env, root / "serve.log", port=port) as base, \
-                    run_bridge_worker(env, root / "w1.log", REPO) as w1, \
-                    run_bridge_worker(env, root / "w2.log", REPO) as w2:
-                phases = os.environ.get("BENCH_PHASES", "overhead,latency,soak").split(",")
-                if "overhead" in phases:
-                    overhead(base, key, settings)
-                if "latency" in phases:
-                    latency(base, key, engine_root)
-                if "soak" in phases:
-                    soak(base, key, settings, [w1.process.pid, w2.process.pid], port)
+    phases = os.environ.get("BENCH_PHASES", "overhead,latency,soak").split(",")
+    databases = os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")
+    engine_root = Path(os.environ.get("ENGINE_STORAGE_ROOT", REPO / "var"))
+    ensure_samples(EngineSettings(storage_root=engine_root))
+    for index, database in enumerate(databases):
+        with _stack(engine_root, database) as (base, key, settings, workers, port):
+            print(f"== job table: {database}")
+            if "overhead" in phases:
+                overhead(base, key, settings)
+            if index > 0:  # the rest measure rendering and memory, not the table
+                continue
+            if "latency" in phases:
+                latency(base, key, engine_root)
+            if "soak" in phases:
+                soak(base, key, settings, workers, port)
 
+
+@contextlib.contextmanager
+def _stack(engine_root: Path, database: str) -> Iterator[tuple[str, str, BridgeSettings, list[int], int]]:
+    """redis-server, `bridge serve` and two workers over a SQLite file or a PostgreSQL server."""
+    with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp)
+        port = free_port()
+        redis_server = stack.enter_context(run_redis_server(root))
+        url = None
+        if database == "postgresql":
+            url = stack.enter_context(run_postgres()).create_database("bench")
+        settings = BridgeSettings(_env_file=None, storage_root=root / "bridge", redis_url=redis_server.url,
+                                  min_free_bytes=0, port=port, database_url=url)  # type: ignore[call-arg]
+        settings.storage_root.mkdir()
+        key = KeyStore(settings.keys_path).create()
+        env = worker_env(settings, engine_root, BRIDGE_PORT=str(port))
+        base = stack.enter_context(run_bridge_serve(env, root / "serve.log", port=port))
+        workers = [stack.enter_context(run_bridge_worker(env, root / f"w{n}.log", REPO)) for n in (1, 2)]
+        yield base, key, settings, [w.process.pid for w in workers], port
 
 def _token(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(key, 'bench', sorted(SCOPES), AUD, ISS)}"}
