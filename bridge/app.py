@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -12,6 +13,7 @@ from flask import Response, current_app, request
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from bridge import metrics as bridge_metrics
 from bridge import problems
@@ -26,6 +28,8 @@ from bridge.settings import BridgeSettings, get_settings
 from bridge.storage import Storage
 from bridge.tasks import make_celery
 from engine import EngineSettings
+
+log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 1.0
 
@@ -67,6 +71,8 @@ def create_app(
         },
     )
     problems.register(app)
+    app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(InterfaceError, _database_unavailable)
     webargs_parser.unknown = None  # let each schema's Meta.unknown (RAISE) apply to query strings too
     app.spec_processor(lambda spec: document_uploads(problems.document_problem_responses(spec)))
     app.before_request(refuse_oversized_chunked_bodies)
@@ -104,6 +110,16 @@ def create_app(
     app.register_blueprint(voices.bp)
     app.register_blueprint(avatars.bp)
     return app
+
+
+def _database_unavailable(error: DBAPIError) -> Response:
+    """A refused or cut database connection (a restart, a failover, a lock held too long) is a 503 to retry.
+
+    The pool drops the dead connections, so the first request after the database is back succeeds.
+    """
+    log.warning("the job table is unavailable: %s", type(error.orig).__name__)
+    return problems.problem(503, None, "the job table (database) is unavailable; retry shortly",
+                            problems.UNAVAILABLE, headers={"Retry-After": "5"})
 
 
 UPLOAD_PARTS = {("/v1/jobs", "post"): ("audio", ("text", "audio_url")), ("/v1/avatars", "post"): ("file", ("url",))}

@@ -33,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -41,6 +41,9 @@ STATUSES: tuple[Status, ...] = ("queued", "running", "succeeded", "failed", "can
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 ACTIVE: tuple[str, ...] = ("queued", "running")
 DEFAULT_QUEUE = "render"
+DB_UNAVAILABLE = (OperationalError, InterfaceError)
+"""What SQLAlchemy raises when the database cannot be reached or cut the connection (a restart, a failover,
+SQLite's lock held too long): a reason to wait and retry, never to blame the job."""
 
 
 def utcnow() -> datetime:
@@ -159,8 +162,10 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url, future=True)
-        if self.engine.dialect.name == "sqlite":
+        server = not url.startswith("sqlite")
+        # pre_ping: connections a database restart cut are replaced on checkout instead of failing a request
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=server)
+        if not server:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 

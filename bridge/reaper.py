@@ -25,7 +25,7 @@ from datetime import timedelta
 
 import redis
 
-from bridge.db import Database, utcnow
+from bridge.db import DB_UNAVAILABLE, Database, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,12 @@ class ReaperThread:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for sweep in self.sweeps:
+                name = getattr(sweep, "__qualname__", sweep)
                 try:
                     sweep()
+                except DB_UNAVAILABLE as exc:  # expected during a database restart: one line, no traceback
+                    log.warning("maintenance sweep %s skipped: the job table is unavailable (%s); retrying in %.0f s",
+                                name, type(exc.orig).__name__, self.interval_s)
                 except Exception:
-                    log.exception("maintenance sweep %s failed; retrying in %.0f s",
-                                  getattr(sweep, "__qualname__", sweep), self.interval_s)
+                    log.exception("maintenance sweep %s failed; retrying in %.0f s", name, self.interval_s)
             self._stop.wait(self.interval_s)

@@ -18,16 +18,18 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from celery.utils.log import get_logger, get_task_logger
 
-from bridge.db import TERMINAL, Database, Job, utcnow
+from bridge.db import DB_UNAVAILABLE, TERMINAL, Database, Job, utcnow
 from bridge.links import object_store
 from bridge.logs import get_request_id, log_context
 from bridge.metrics import WorkerMetrics, start_worker_metrics_server
@@ -144,6 +146,35 @@ class JobAbandoned(Exception):
     """The attempt lost its lease (the job was canceled, or another worker took it over): stop rendering."""
 
 
+T = TypeVar("T")
+
+
+def when_db_answers(call: Callable[[], T], patience_s: float) -> T:
+    """``call()``, retried with backoff while the job table is unreachable, for up to ``patience_s``.
+
+    Used for the writes that end an attempt: a database restart while a video is being published must
+    not cost the render. Past ``patience_s`` the lease has run out anyway and the job is the reaper's.
+    """
+    deadline, delay = time.monotonic() + patience_s, 0.2
+    while True:
+        try:
+            return call()
+        except DB_UNAVAILABLE as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("the job table is unavailable (%s); retrying in %.1f s", type(exc.orig).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def save_progress(db: Database, job_id: str, attempt: int, stage: str, fraction: float) -> None:
+    """Progress is advice to pollers: when the job table is unreachable, skip it and keep rendering."""
+    try:
+        db.update_progress(job_id, attempt, stage, fraction)
+    except DB_UNAVAILABLE as exc:
+        log.warning("job %s: progress not saved, the job table is unavailable (%s)", job_id, type(exc.orig).__name__)
+
+
 class LeaseKeeper:
     """Renews the running attempt's lease from a side thread; ``lost`` is set when renewal is refused."""
 
@@ -169,7 +200,10 @@ class LeaseKeeper:
                 if not self._db.heartbeat(*self._args):
                     self.lost.set()
                     return
-            except Exception:  # a DB blip: try again next beat; the lease has slack for a few misses
+            except DB_UNAVAILABLE as exc:  # a database restart: try again next beat; the lease has slack for it
+                log.warning("lease renewal for job %s missed: the job table is unavailable (%s)", self._args[0],
+                            type(exc.orig).__name__)
+            except Exception:
                 log.warning("lease renewal for job %s failed", self._args[0], exc_info=True)
 
 
@@ -287,12 +321,17 @@ class JobRunner:
         except ObjectStoreError as err:
             error = {"code": "object_store_unavailable", "message": str(err)}
             log.error("job %s attempt %d could not upload its outputs: %s", job_id, attempt, err)
+        except DB_UNAVAILABLE as exc:
+            status = "abandoned"  # not the job's fault: its lease runs out and the reaper gives it another attempt
+            log.error("job %s attempt %d stopped: the job table is unavailable (%s)", job_id, attempt,
+                      type(exc.orig).__name__)
         except Exception:
             error = {"code": "internal_error", "message": "the render failed unexpectedly; the error has been logged"}
             log.exception("job %s attempt %d crashed", job_id, attempt)
         else:
             self.metrics.observe_stages(timings)
-            if db.finish(job_id, attempt, "succeeded", outputs=outputs, timings=timings, result=result):
+            finish = partial(db.finish, job_id, attempt, "succeeded", outputs=outputs, timings=timings, result=result)
+            if when_db_answers(finish, settings.job_lease_s):
                 status = "succeeded"
                 log.info("job %s attempt %d succeeded", job_id, attempt, extra={"duration_s": timings.get("total")})
             else:
@@ -300,7 +339,8 @@ class JobRunner:
                 log.warning("job %s attempt %d finished but the job was canceled or taken over", job_id, attempt)
         finally:
             if error is not None:
-                finished = db.finish(job_id, attempt, "failed", error=error)
+                finished = when_db_answers(partial(db.finish, job_id, attempt, "failed", error=error),
+                                           settings.job_lease_s)
                 if finished and error["code"] == STORAGE_FULL:
                     self.storage.drop_outputs(job_id)  # whatever this attempt published is incomplete
                 if job.kind == "avatar":
@@ -329,7 +369,7 @@ class JobRunner:
             now = time.monotonic()
             if now - last >= PROGRESS_INTERVAL_S:
                 last = now
-                db.update_progress(job.id, attempt, stage, (done + fraction) / len(avatars))
+                save_progress(db, job.id, attempt, stage, (done + fraction) / len(avatars))
 
         base = RenderRequest(
             avatar=avatars[0], out=work / "video.mp4", text=None if audio else inputs["text"],
@@ -362,7 +402,7 @@ class JobRunner:
         def progress(stage: str, fraction: float) -> None:
             if lost.is_set():
                 raise JobAbandoned(job.id)
-            db.update_progress(job.id, attempt, stage, fraction)
+            save_progress(db, job.id, attempt, stage, fraction)
 
         avatar = engine.avatars.add(source, avatar_id=avatar_id, name=str(job.inputs.get("name") or avatar_id),
                                     progress=progress)
