@@ -50,6 +50,8 @@ from tests.bridge_fixtures import (  # noqa: E402
 from tests.pg_fixture import run_postgres  # noqa: E402
 
 SUBMITTERS = 50
+SOAK_TIME_LIMIT_S = 120
+"""Job time limit of the bench's workers (see ``soak``); every render here takes a second or two."""
 JOBS = 50
 SENTENCE = "Your order shipped today and arrives on Friday."  # about 3 s of speech
 AUD, ISS = BridgeSettings.model_fields["jwt_audience"].default, BridgeSettings.model_fields["jwt_issuer"].default
@@ -66,7 +68,7 @@ def main() -> None:
     engine_root = Path(os.environ.get("ENGINE_STORAGE_ROOT", REPO / "var"))
     ensure_samples(EngineSettings(storage_root=engine_root))
     for index, database in enumerate(databases):
-        with _stack(engine_root, database) as (base, key, settings, workers, port):
+        with _stack(engine_root, database) as (base, key, settings, workers):
             print(f"== job table: {database}")
             if "overhead" in phases:
                 overhead(base, key, settings)
@@ -75,11 +77,11 @@ def main() -> None:
             if "latency" in phases:
                 latency(base, key, engine_root)
             if "soak" in phases:
-                soak(base, key, settings, workers, port)
+                soak(base, key, workers)
 
 
 @contextlib.contextmanager
-def _stack(engine_root: Path, database: str) -> Iterator[tuple[str, str, BridgeSettings, list[int], int]]:
+def _stack(engine_root: Path, database: str) -> Iterator[tuple[str, str, BridgeSettings, list[int]]]:
     """redis-server, `bridge serve` and two workers over a SQLite file or a PostgreSQL server."""
     with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
@@ -89,13 +91,14 @@ def _stack(engine_root: Path, database: str) -> Iterator[tuple[str, str, BridgeS
         if database == "postgresql":
             url = stack.enter_context(run_postgres()).create_database("bench")
         settings = BridgeSettings(_env_file=None, storage_root=root / "bridge", redis_url=redis_server.url,
-                                  min_free_bytes=0, port=port, database_url=url)  # type: ignore[call-arg]
+                                  min_free_bytes=0, port=port, database_url=url,
+                                  job_time_limit_s=SOAK_TIME_LIMIT_S)  # type: ignore[call-arg]
         settings.storage_root.mkdir()
         key = KeyStore(settings.keys_path).create()
-        env = worker_env(settings, engine_root, BRIDGE_PORT=str(port))
+        env = worker_env(settings, engine_root, BRIDGE_PORT=str(port), BRIDGE_JOB_TIME_LIMIT_S=str(SOAK_TIME_LIMIT_S))
         base = stack.enter_context(run_bridge_serve(env, root / "serve.log", port=port))
         workers = [stack.enter_context(run_bridge_worker(env, root / f"w{n}.log", REPO)) for n in (1, 2)]
-        yield base, key, settings, [w.process.pid for w in workers], port
+        yield base, key, settings, [w.process.pid for w in workers]
 
 def _token(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(key, 'bench', sorted(SCOPES), AUD, ISS)}"}
@@ -182,13 +185,14 @@ def latency(base: str, key: str, engine_root: Path) -> None:
     print(f"  bridge end to end / direct render  {end_to_end / direct:6.2f}x")
 
 
-def _usage(pids: list[int]) -> tuple[float, int]:
-    """Resident MiB and open file descriptors of these processes and all their children."""
+def _usage(pids: list[int], children: bool) -> tuple[float, int]:
+    """Resident MiB and open file descriptors of these processes, or of their children (looked up each time:
+    gunicorn replaces its workers after about a thousand requests)."""
     procs = []
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             parent = psutil.Process(pid)
-            procs += [parent, *parent.children(recursive=True)]
+            procs += parent.children(recursive=True) if children else [parent]
     rss = fds = 0
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -197,15 +201,20 @@ def _usage(pids: list[int]) -> tuple[float, int]:
     return rss / 2**20, fds
 
 
-def soak(base: str, key: str, settings: BridgeSettings, worker_pids: list[int], port: int) -> None:
+def soak(base: str, key: str, worker_pids: list[int]) -> None:
     """Steady load for SOAK_S seconds (default 600): memory and descriptors sampled ten times after warm-up.
 
     A leak grows at a steady rate; allocator arenas and caches filling up grow early and stop. So the
     figure that tells them apart is the growth over the second half of the soak, next to the first half's.
+    Each worker's main process keeps a little per job for one time-limit window (the pool's time-limit
+    timers, which Celery cancels but only drops when they fall due; and up to 1000 finished task ids), so
+    the bench's stack runs with a 120 s limit (renders take about a second) to show that plateau inside
+    the soak; with the default 900 s it comes after 15 minutes.
     """
     duration = float(os.environ.get("SOAK_S", "600"))
-    api = [c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.pid]
-    groups = {"API": sorted(set(api)), "workers": worker_pids}
+    serve = [p.pid for p in psutil.Process().children() if p.cmdline()[-2:] == ["bridge", "serve"]]
+    groups = {"API": (serve, False), "API (gunicorn workers)": (serve, True),
+              "workers (main)": (worker_pids, False), "workers (render)": (worker_pids, True)}
     period = 1.5  # one short job every 1.5 s: steady, below what two workers can take
     submitted: list[str] = []
     samples: list[tuple[float, dict[str, tuple[float, int]]]] = []
@@ -220,10 +229,10 @@ def soak(base: str, key: str, settings: BridgeSettings, worker_pids: list[int], 
         if len(submitted) == 20:  # warmed up: caches filled, pools opened
             warm_at = now
         if warm_at is not None and now - warm_at >= len(samples) * (duration - (warm_at - started)) / 10:
-            samples.append((now - started, {name: _usage(pids) for name, pids in groups.items()}))
+            samples.append((now - started, {name: _usage(*group) for name, group in groups.items()}))
         time.sleep(period)
     jobs = [_wait(base, key, job_id) for job_id in submitted]
-    samples.append((time.monotonic() - started, {name: _usage(pids) for name, pids in groups.items()}))
+    samples.append((time.monotonic() - started, {name: _usage(*group) for name, group in groups.items()}))
     print(f"Soak, {duration / 60:.0f} min, one job every {period} s ({len(jobs)} jobs, "
           f"{sum(1 for j in jobs if j['status'] == 'succeeded')} succeeded); sampled at "
           + " ".join(f"{at / 60:.1f}" for at, _ in samples) + " min:")
@@ -231,11 +240,13 @@ def soak(base: str, key: str, settings: BridgeSettings, worker_pids: list[int], 
         rss = [usage[name][0] for _, usage in samples]
         fds = [usage[name][1] for _, usage in samples]
         mid = len(rss) // 2
-        print(f"  {name:8s} RSS MiB " + " ".join(f"{r:.1f}" for r in rss))
-        print(f"  {'':8s} open fds " + " ".join(str(f) for f in fds))
-        print(f"  {'':8s} RSS {rss[0]:.1f} → {rss[-1]:.1f} MiB ({rss[-1] / rss[0]:.3f}x); first half "
+        print(f"  {name}")
+        print("    RSS MiB  " + " ".join(f"{r:.1f}" for r in rss))
+        print("    open fds " + " ".join(str(f) for f in fds))
+        print(f"    RSS {rss[0]:.1f} → {rss[-1]:.1f} MiB ({rss[-1] / rss[0]:.3f}x); first half "
               f"{rss[mid] - rss[0]:+.1f} MiB, second half {rss[-1] - rss[mid]:+.1f} MiB "
               f"({rss[-1] / rss[mid]:.3f}x)")
+
 
 if __name__ == "__main__":
     main()
