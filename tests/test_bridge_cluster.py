@@ -157,10 +157,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, storage: Path) -> Iterator
                       [postgres.password, redis_password], postgres)
 
 
-def test_the_cluster_is_reachable_only_over_its_network(cluster: Cluster) -> None:
-    data = cluster.hosts["data"]
-    assert not answers(f"http://127.0.0.1:{API_PORT}/livez")  # nothing listens on this machine's own network
-    assert cluster.api.call(answers, f"{cluster.base}/readyz")  # /readyz: PostgreSQL, Redis, storage
+def test_each_host_has_its_own_network(cluster: Cluster) -> None:
+    data, worker = cluster.hosts["data"], cluster.hosts["worker-1"]
+    assert cluster.api.call(answers, f"{cluster.base}/readyz")  # PostgreSQL, Redis and storage, from the API's host
+    assert worker.call(answers, f"{cluster.base}/livez")  # across the segment
+    assert not worker.call(answers, f"http://127.0.0.1:{API_PORT}/livez")  # its loopback is its own
     password = cluster.secrets[1]
     assert not cluster.api.call(_pings, redis.Redis("127.0.0.1", REDIS_PORT, password=password,
                                                     socket_connect_timeout=0.5))
