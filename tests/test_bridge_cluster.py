@@ -55,7 +55,9 @@ API_PORT, REDIS_PORT, POSTGRES_PORT = 8808, 6379, 5432
 LEASE = {"BRIDGE_JOB_LEASE_S": "6", "BRIDGE_JOB_HEARTBEAT_S": "1", "BRIDGE_REAPER_INTERVAL_S": "1",
          "BRIDGE_WORKER_HEARTBEAT_S": "1"}
 LONG = ("This sentence is long on purpose, so that the render is still going when its worker's host loses "
-        "power. It keeps talking about nothing in particular for a while, and then it says goodbye.")
+        "power. It keeps talking about nothing in particular for a while: the weather, the traffic on the way "
+        "in, the coffee machine on the third floor, and the plants by the window that nobody waters. Then it "
+        "thanks everyone for listening, wishes them a pleasant afternoon, and finally says goodbye.")
 WORKERS = ("worker-1", "worker-2")
 
 
