@@ -13,14 +13,14 @@ from flask import Response, current_app, request
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from bridge import metrics as bridge_metrics
 from bridge import problems
 from bridge.api import avatars, files, health, jobs, metrics, voices, whoami
 from bridge.api.deps import SECURITY_SCHEME, BridgeState
 from bridge.auth import TOKEN_TYPE, RedisReplayStore, ReplayStore
-from bridge.db import Database
+from bridge.db import DB_UNAVAILABLE, Database
 from bridge.keys import KeyStore, parse_env_keys
 from bridge.links import LinkSigner, install_log_redaction, link_minter, load_link_secret, object_store
 from bridge.logs import init_request_logging
@@ -71,8 +71,8 @@ def create_app(
         },
     )
     problems.register(app)
-    app.register_error_handler(OperationalError, _database_unavailable)
-    app.register_error_handler(InterfaceError, _database_unavailable)
+    for unavailable in DB_UNAVAILABLE:
+        app.register_error_handler(unavailable, _database_unavailable)
     webargs_parser.unknown = None  # let each schema's Meta.unknown (RAISE) apply to query strings too
     app.spec_processor(lambda spec: document_uploads(problems.document_problem_responses(spec)))
     app.before_request(refuse_oversized_chunked_bodies)
