@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import os
 import queue
+import re
 import select
 import shutil
 import signal
@@ -60,13 +61,26 @@ class Bridge:
     def wait(self, job_id: str, sub: str = "tenant-a", timeout_s: float = POLL_TIMEOUT_S,
              until: frozenset[str] = FINAL) -> dict[str, Any]:
         """Poll until the job's status is in ``until`` (default: any final status)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            body = self.get(job_id, sub).get_json()
-            if body["status"] in until:
-                return dict(body)
-            assert time.monotonic() < deadline, f"job {job_id} still {body['status']} after {timeout_s} s"
-            time.sleep(0.1)
+        return poll_job(job_id, lambda: self.get(job_id, sub).get_json(), until, timeout_s=timeout_s)
+
+
+def poll_job(job_id: str, fetch: Callable[[], dict[str, Any] | None], until: frozenset[str] = FINAL,
+             stage: str | None = None, timeout_s: float = POLL_TIMEOUT_S, every_s: float = 0.1) -> dict[str, Any]:
+    """Call ``fetch`` (the job's JSON, or None while the API cannot answer) until the status is in ``until``
+    and, when given, the stage is ``stage``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = fetch()
+        if body is not None and body["status"] in until and (stage is None or body["stage"] == stage):
+            return dict(body)
+        seen = "no answer" if body is None else f"{body['status']}/{body['stage']}"
+        assert time.monotonic() < deadline, f"job {job_id} still {seen} after {timeout_s} s, waiting for {until}"
+        time.sleep(every_s)
+
+
+def started_attempts(log: Path, job_id: str) -> list[int]:
+    """Attempt numbers a worker started for the job, from its log."""
+    return [int(n) for n in re.findall(rf"job {job_id} attempt (\d+) started", log.read_text(errors="replace"))]
 
 
 def make_settings(root: Path, redis_url: str, **overrides: Any) -> BridgeSettings:
@@ -329,9 +343,6 @@ def run_receiver(root: Path) -> Iterator[Receiver]:
     finally:
         server.shutdown()
         trap.close()
-
-
-
 
 class TcpProxy:
     """A loopback TCP relay that can be switched off and on: a network outage between two real parts."""

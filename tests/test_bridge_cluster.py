@@ -40,8 +40,10 @@ from tests.bridge_fixtures import (
     RW,
     BridgeWorker,
     answers,
+    poll_job,
     run_bridge_serve,
     run_bridge_worker,
+    started_attempts,
     stop_group,
 )
 from tests.conftest import ffprobe
@@ -88,21 +90,13 @@ class Cluster:
         assert response.status_code == 202, response.text
         return str(response.json()["id"])
 
-    def wait(self, job_id: str, until: frozenset[str] = FINAL, stage: str | None = None,
-             timeout_s: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            body = self.request("GET", f"/v1/jobs/{job_id}").json()
-            if body["status"] in until and (stage is None or body["stage"] == stage):
-                return dict(body)
-            assert time.monotonic() < deadline, f"job {job_id} still {body['status']}/{body['stage']}"
-            time.sleep(0.2)
+    def wait(self, job_id: str, until: frozenset[str] = FINAL, stage: str | None = None) -> dict[str, Any]:
+        return poll_job(job_id, lambda: self.request("GET", f"/v1/jobs/{job_id}").json(), until, stage,
+                        timeout_s=120, every_s=0.2)
 
     def starts(self, job_id: str) -> dict[str, list[int]]:
         """Attempt numbers each worker host started for the job, from its log."""
-        return {name: [int(n) for n in re.findall(rf"job {job_id} attempt (\d+) started",
-                                                    worker.log.read_text(errors="replace"))]
-                for name, worker in self.workers.items()}
+        return {name: started_attempts(worker.log, job_id) for name, worker in self.workers.items()}
 
 
 def _env(**extra: str) -> dict[str, str]:

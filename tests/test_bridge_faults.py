@@ -21,11 +21,13 @@ from bridge.auth import SCOPES, mint_token
 from bridge.storage import Storage
 from tests.bridge_fixtures import (
     AUD,
+    FINAL,
     ISS,
     RedisServer,
     TcpProxy,
     bridge_with_worker,
     free_port,
+    poll_job,
     run_bridge_serve,
     run_redis_server,
     settings_env,
@@ -99,15 +101,14 @@ def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(api_key, 'tenant-a', sorted(SCOPES), AUD, ISS)}"}
 
 
-def _poll(base: str, api_key: str, job_id: str, until: set[str], timeout_s: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(requests.RequestException):
-            job = requests.get(f"{base}/v1/jobs/{job_id}", headers=_headers(api_key), timeout=10).json()
-            if job["status"] in until:
-                return dict(job)
-        assert time.monotonic() < deadline, f"job {job_id} never reached {until}"
-        time.sleep(0.1)
+def _poll(base: str, api_key: str, job_id: str, until: frozenset[str]) -> dict[str, Any]:
+    def fetch() -> dict[str, Any] | None:  # None while the API is down or still booting
+        try:
+            return dict(requests.get(f"{base}/v1/jobs/{job_id}", headers=_headers(api_key), timeout=10).json())
+        except requests.RequestException:
+            return None
+
+    return poll_job(job_id, fetch, until, timeout_s=90)
 
 
 def test_restarting_the_api_mid_job_loses_nothing(tmp_path: Path, redis_server: RedisServer, storage: Path) -> None:
@@ -119,9 +120,9 @@ def test_restarting_the_api_mid_job_loses_nothing(tmp_path: Path, redis_server: 
             reply = requests.post(f"{base}/v1/jobs", json={"text": TEXT, "avatar_id": "astronaut"},
                                   headers=_headers(bridge.api_key), timeout=30)
             job_id = reply.json()["id"]
-            _poll(base, bridge.api_key, job_id, {"running"})
+            _poll(base, bridge.api_key, job_id, frozenset({"running"}))
         with run_bridge_serve(env, root / "serve-2.log", port=port) as base:  # same address, new process
-            done = _poll(base, bridge.api_key, job_id, {"succeeded", "failed", "canceled"})
+            done = _poll(base, bridge.api_key, job_id, FINAL)
             assert done["status"] == "succeeded" and done["attempts"] == 1, done
             video = requests.get(done["outputs"][0]["video_url"], timeout=30)
             assert video.status_code == 200 and len(video.content) == done["outputs"][0]["size_bytes"]
@@ -176,4 +177,3 @@ def test_object_store_down_during_upload_is_retried(tmp_path: Path, redis_server
         client = Minio(s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key, secure=False)
         names = sorted(o.object_name for o in client.list_objects("outage", prefix=f"jobs/{job_id}/", recursive=True))
         assert names == [f"jobs/{job_id}/poster.jpg", f"jobs/{job_id}/video.mp4"]  # one of each
-

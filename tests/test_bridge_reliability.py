@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from tests.bridge_fixtures import (
     make_settings,
     run_bridge_worker,
     run_redis_server,
+    started_attempts,
     worker_children,
     worker_env,
 )
@@ -90,12 +90,6 @@ def _wait_rendering(bridge: Bridge, job_id: str, timeout_s: float = 60.0) -> dic
         time.sleep(0.05)
 
 
-def _starts(worker: BridgeWorker, job_id: str) -> list[int]:
-    """Attempt numbers this worker started for the job, from its log."""
-    text = worker.log.read_text(errors="replace")
-    return [int(n) for n in re.findall(rf"job {job_id} attempt (\d+) started", text)]
-
-
 def _outputs(bridge: Bridge, job_id: str) -> list[str]:
     storage = Storage(bridge.settings.storage_root)
     return sorted(p.name for p in storage.outputs_dir(job_id).iterdir())
@@ -114,8 +108,8 @@ def test_two_workers_render_two_jobs_at_the_same_time(tmp_path: Path, storage: P
         assert [d["status"] for d in done] == ["succeeded", "succeeded"], done
         a, b = done
         assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"], "the jobs ran one by one"
-        assert sorted(len(_starts(w, j)) for w in (w1, w2) for j in jobs) == [0, 0, 1, 1]
-        assert all(len(_starts(w1, j)) + len(_starts(w2, j)) == 1 for j in jobs)
+        assert sorted(len(started_attempts(w.log, j)) for w in (w1, w2) for j in jobs) == [0, 0, 1, 1]
+        assert all(len(started_attempts(w1.log, j)) + len(started_attempts(w2.log, j)) == 1 for j in jobs)
 
 
 def test_kill_9_of_a_whole_worker_mid_job_reruns_it_once(tmp_path: Path, storage: Path) -> None:
@@ -128,7 +122,7 @@ def test_kill_9_of_a_whole_worker_mid_job_reruns_it_once(tmp_path: Path, storage
         with _worker(bridge, storage, "rescuer") as rescuer:
             done = bridge.wait(job_id)
             assert done["status"] == "succeeded" and done["attempts"] == 2, done
-            assert _starts(doomed, job_id) == [1] and _starts(rescuer, job_id) == [2]
+            assert started_attempts(doomed.log, job_id) == [1] and started_attempts(rescuer.log, job_id) == [2]
             _assert_one_clean_output(bridge, job_id)
             video = Storage(bridge.settings.storage_root).output_path(job_id, "video.mp4").stat()
 
@@ -151,7 +145,7 @@ def test_kill_9_of_the_render_process_retries_at_once(tmp_path: Path, storage: P
         os.kill(child, signal.SIGKILL)  # the OOM killer's way; Celery's main process survives
         done = bridge.wait(job_id)
         assert done["status"] == "succeeded" and done["attempts"] == 2, done
-        assert _starts(worker, job_id) == [1, 2]
+        assert started_attempts(worker.log, job_id) == [1, 2]
         _assert_one_clean_output(bridge, job_id)
 
 
@@ -163,7 +157,7 @@ def test_a_job_that_always_kills_its_worker_fails_after_n_attempts(tmp_path: Pat
         assert done["status"] == "failed" and done["attempts"] == bridge.settings.job_max_attempts == 3, done
         assert done["error"]["code"] == "worker_crashed_repeatedly"
         assert "3 times" in done["error"]["message"]
-        assert _starts(worker, poison) == [1, 2, 3]
+        assert started_attempts(worker.log, poison) == [1, 2, 3]
         healthy = bridge.wait(_submit(bridge, SHORT))  # the same worker still serves everyone else
         assert healthy["status"] == "succeeded" and healthy["attempts"] == 1, healthy
 
