@@ -9,17 +9,19 @@ from what was detected; a user's file name that says otherwise is refused rather
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
+from engine import packets
 from engine.errors import CorruptMedia, EngineError, MediaTooLong, UnsupportedMedia
-from engine.media import ffprobe_exe
+from engine.media import MAX_AUDIO_CHANNELS, ffprobe_exe, plain_reason
 from engine.settings import EngineSettings
 
 Expect = Literal["audio", "avatar"]
@@ -77,15 +79,24 @@ class MediaLimits:
     max_duration_s: float
     max_pixels: int = 3840 * 2160
     max_side: int = 4096
+    min_side: int = 1
+    """Smallest width and height of a picture; for avatars, the engine's smallest face (ENGINE_MIN_FACE_PX)."""
     max_streams: int = 8
     max_fps: float = 120.0
+    max_channels: int = MAX_AUDIO_CHANNELS
+
+    @property
+    def max_frames(self) -> int:
+        """The most video packets a file within the duration and frame rate limits can hold."""
+        return math.ceil(self.max_duration_s * self.max_fps) + 1
 
     @classmethod
     def for_engine(cls, expect: Expect, settings: EngineSettings) -> MediaLimits:
         """The engine's own limits, so what passes here also passes its checks at render time."""
         if expect == "audio":
             return cls(max_duration_s=settings.max_audio_s)
-        return cls(max_duration_s=settings.max_template_s, max_pixels=settings.max_template_pixels)
+        return cls(max_duration_s=settings.max_template_s, max_pixels=settings.max_template_pixels,
+                   min_side=settings.min_face_px)
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,9 @@ def check_media(path: Path, expect: Expect, limits: MediaLimits, *, user_filenam
     ``user_filename`` is the name the user gave (multipart filename, last URL segment), used only to catch a
     contradicting extension and in messages. Raises ``UnsupportedMedia``, ``CorruptMedia`` or ``MediaTooLong``
     (all ``EngineError``); ``str(err)`` starts with ``field`` (default ``expect``) and says what to change.
+
+    The duration is measured from the packets, never taken from the header alone: an MP3's Xing frame count or a
+    Matroska Duration element is whatever the file's author wrote. Nothing is decoded beyond a few packets.
     """
     say = _Say(field or expect, _display_name(user_filename))
     accepted = [_FORMATS[key] for key in ACCEPTED[expect]]
@@ -115,8 +129,8 @@ def check_media(path: Path, expect: Expect, limits: MediaLimits, *, user_filenam
         link = Path(tmp) / "input"
         link.symlink_to(path.resolve())
         entries = ("format=format_name,duration:stream=index,codec_type,codec_name,width,height,avg_frame_rate,"
-                   "nb_frames,nb_read_packets,duration:stream_disposition=attached_pic")
-        data, errors = _ffprobe(link, say, "-format_whitelist", whitelist, "-count_packets", "-show_entries", entries)
+                   "nb_frames,channels,duration:stream_disposition=attached_pic")
+        data, errors = _ffprobe(link, say, "-format_whitelist", whitelist, "-show_entries", entries)
         if data is None:
             raise _unreadable(errors, expect, accepted, say)
         fmt = _FORMATS.get(str(data["format"].get("format_name", "")).split(",")[0])
@@ -126,8 +140,8 @@ def check_media(path: Path, expect: Expect, limits: MediaLimits, *, user_filenam
         _check_name(say, fmt, expect)
         if len(streams) > limits.max_streams:
             raise say(UnsupportedMedia, f"has {len(streams)} streams; at most {limits.max_streams} are accepted")
-        _check_complete(say, streams, errors)
         media = _check_content(say, fmt, expect, streams, data["format"], limits)
+        media = _check_packets(link, say, whitelist, streams, errors, media, limits)
         _check_decodes(link, say, streams, media.kind)
     return media
 
@@ -159,24 +173,23 @@ def _choices(expect: Expect, accepted: list[_Format]) -> str:
     return f"a video ({videos}) or a photo ({photos})"
 
 
-def _ffprobe(link: Path, say: _Say, *args: str) -> tuple[dict[str, Any] | None, list[str]]:
-    """Run ffprobe on ``link`` (file protocol only, under rlimits): its JSON (None on failure) and error lines."""
+def _ffprobe_cmd(link: Path, *args: str) -> list[str]:
+    """ffprobe on ``link``: file protocol only, under rlimits."""
     prlimit = shutil.which("prlimit")
-    cmd = [*([prlimit, *_RLIMITS, "--"] if prlimit else []), ffprobe_exe(), "-v", "error", "-hide_banner",
-           "-protocol_whitelist", "file", *args, "-of", "json", f"file:{link}"]
+    return [*([prlimit, *_RLIMITS, "--"] if prlimit else []), ffprobe_exe(), "-v", "error", "-hide_banner",
+            "-protocol_whitelist", "file", *args, f"file:{link}"]
+
+
+def _ffprobe(link: Path, say: _Say, *args: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """Run ffprobe on ``link`` with small JSON output: the JSON (None on failure) and the error lines."""
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
+        out = subprocess.run(_ffprobe_cmd(link, *args, "-of", "json"), capture_output=True, timeout=PROBE_TIMEOUT_S,
+                             check=False)
     except subprocess.TimeoutExpired:
         raise say(CorruptMedia, f"took longer than {PROBE_TIMEOUT_S} s to read; it looks damaged") from None
     errors = [line.strip() for line in out.stderr.decode(errors="replace").splitlines() if line.strip()]
     data = json.loads(out.stdout or b"{}") if out.returncode == 0 else {}
     return (data if "format" in data or "frames" in data else None), errors
-
-
-def _clean(line: str) -> str:
-    """An ffprobe error line for a user: without the ``[demuxer @ 0x…]`` tag and the temporary path."""
-    line = re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*", "", line)
-    return re.sub(r"file:/\S*/input:?\s*", "", line)[:200] or "no details"
 
 
 def _unreadable(errors: list[str], expect: Expect, accepted: list[_Format], say: _Say) -> EngineError:
@@ -190,7 +203,7 @@ def _unreadable(errors: list[str], expect: Expect, accepted: list[_Format], say:
     if any("moov atom not found" in line for line in errors):
         return say(CorruptMedia, "is an incomplete MP4/MOV (its index is missing; the upload or download was cut "
                                  "short, or the recording was not finished); upload the whole file")
-    last = _clean(errors[-1]) if errors else "ffprobe could not read it"
+    last = plain_reason(errors[-1]) if errors else "ffprobe could not read it"
     return say(UnsupportedMedia, f"is not readable media ({last}); use {_choices(expect, accepted)}")
 
 
@@ -205,15 +218,40 @@ def _check_name(say: _Say, fmt: _Format, expect: Expect) -> None:
                                     f"rename it to {right}, or convert it to the format its name says")
 
 
-def _check_complete(say: _Say, streams: list[dict[str, Any]], errors: list[str]) -> None:
-    """Every packet the header promises must be there, and demuxing must not have logged an error."""
+def _check_packets(link: Path, say: _Say, whitelist: str, streams: list[dict[str, Any]], header_errors: list[str],
+                   media: CheckedMedia, limits: MediaLimits) -> CheckedMedia:
+    """Read every packet (decoding none), stopping once the file is past the limits: the real length, and a
+    complete file (every packet the header promises, no demuxing error)."""
+    covers = [s["index"] for s in streams if _attached_pic(s)]
+    max_duration = math.inf if media.kind == "image" else limits.max_duration_s
+    found = packets.read(_ffprobe_cmd(link, "-format_whitelist", whitelist, *packets.PACKET_ARGS),
+                         max_duration_s=max_duration, max_video_packets=limits.max_frames, ignore=covers,
+                         timeout_s=PROBE_TIMEOUT_S)
+    if found.timed_out:
+        raise say(CorruptMedia, f"took longer than {PROBE_TIMEOUT_S} s to read; it looks damaged")
+    if found.stopped == "duration":
+        raise say(MediaTooLong, f"holds more than {limits.max_duration_s:g} s of media, although its header says "
+                                f"{media.duration_s:.1f} s; the limit is {limits.max_duration_s:g} s; trim or split it")
+    if found.stopped == "frames":
+        raise say(MediaTooLong, f"has more than {limits.max_frames:,} video frames, more than "
+                                f"{limits.max_duration_s:g} s at {limits.max_fps:g} frames per second; trim it")
     for stream in streams:
-        promised, read = _int(stream.get("nb_frames")), _int(stream.get("nb_read_packets"))
+        seen = found.streams.get(stream["index"])
+        promised, read = _int(stream.get("nb_frames")), seen.count if seen else 0
         if promised and read < promised:
             raise say(CorruptMedia, f"is incomplete: stream {stream.get('index')} has {read} of its {promised} "
                                     "packets (the upload or download was cut short); upload the whole file")
-    if errors:
-        raise say(CorruptMedia, f"is damaged or incomplete ({_clean(errors[-1])}); upload the whole file again")
+    errors = header_errors + found.errors
+    if errors or found.returncode != 0:
+        why = plain_reason(errors[-1]) if errors else "ffprobe stopped reading it"
+        raise say(CorruptMedia, f"is damaged or incomplete ({why}); upload the whole file again")
+    if media.kind == "image":
+        return media
+    duration = found.duration(ignore=covers)
+    if duration <= 0:
+        raise say(CorruptMedia, "has no readable duration; it looks truncated or is a live recording that "
+                                "was not finished; export it again")
+    return replace(media, duration_s=duration)
 
 
 def _check_content(say: _Say, fmt: _Format, expect: Expect, streams: list[dict[str, Any]], container: dict[str, Any],
@@ -223,6 +261,10 @@ def _check_content(say: _Say, fmt: _Format, expect: Expect, streams: list[dict[s
     if expect == "audio":
         if not audio:
             raise say(UnsupportedMedia, "has no audio stream; use a recording with sound")
+        channels = _int(audio[0].get("channels"))
+        if channels > limits.max_channels:
+            raise say(UnsupportedMedia, f"has {channels} audio channels; at most {limits.max_channels} can be mixed "
+                                        "down to mono; export it as mono or stereo")
         kind: Kind = "audio"
         width = height = 0
     else:
@@ -233,16 +275,16 @@ def _check_content(say: _Say, fmt: _Format, expect: Expect, streams: list[dict[s
         if width * height > limits.max_pixels or max(width, height) > limits.max_side:
             raise say(UnsupportedMedia, f"is {width}x{height}; the limit is {limits.max_pixels:,} pixels and "
                                         f"{limits.max_side} per side; scale it down (for example to 1920x1080)")
+        if min(width, height) < limits.min_side:
+            raise say(UnsupportedMedia, f"is only {width}x{height} pixels; a face needs a picture at least "
+                                        f"{limits.min_side} pixels wide and tall; use a larger photo or video")
         fps = _fps(video[0].get("avg_frame_rate"))
         if kind == "video" and fps > limits.max_fps:
             raise say(UnsupportedMedia, f"runs at {fps:.0f} frames per second; the limit is {limits.max_fps:.0f}")
     duration = 0.0
-    if kind != "image":
+    if kind != "image":  # what the header claims: enough to refuse at once, never enough to accept
         primary = audio[0] if kind == "audio" else video[0]
         duration = _float(container.get("duration")) or _float(primary.get("duration"))
-        if duration <= 0:
-            raise say(CorruptMedia, "has no readable duration; it looks truncated or is a live recording that "
-                                    "was not finished; export it again")
         if duration > limits.max_duration_s:
             raise say(MediaTooLong, f"is {duration:.1f} s long; the limit is {limits.max_duration_s:g} s; "
                                     "trim or split it")
@@ -257,7 +299,7 @@ def _check_decodes(link: Path, say: _Say, streams: list[dict[str, Any]], kind: K
     data, errors = _ffprobe(link, say, "-select_streams", str(index), "-read_intervals", f"%+#{_DECODE_PACKETS}",
                             "-show_entries", "frame=width,height,nb_samples")
     if data is None or not data.get("frames") or errors:
-        why = _clean(errors[-1]) if errors else "no frame came out"
+        why = plain_reason(errors[-1]) if errors else "no frame came out"
         raise say(CorruptMedia, f"could not be decoded ({why}); export it again or use another file")
 
 

@@ -7,33 +7,107 @@ the features they were trained on.
 from __future__ import annotations
 
 import subprocess
+import tempfile
+import threading
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import librosa
 import numpy as np
 from scipy import signal
 
-from .errors import CorruptMedia
+from .errors import CorruptMedia, MediaTooLong, UnsupportedMedia
+from .media import MAX_AUDIO_CHANNELS, plain_reason, probe
 from .video import ffmpeg_exe
 
 WAV2LIP_SR = 16000
+DECODE_TIMEOUT_S = 300
+_KNOWN_LAYOUTS = 8
+"""ffmpeg has a speaker layout (and so a standard downmix) for every channel count up to this one."""
 
 
-def decode_audio(path: Path, sample_rate: int = 48000) -> np.ndarray:
-    """Any format ffmpeg reads → mono float32 at ``sample_rate``."""
-    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
-           "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
-    out = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
-    if out.returncode != 0:
-        lines = out.stderr.decode(errors="replace").strip().splitlines()
-        raise CorruptMedia(f"{path.name} could not be decoded ({lines[-1] if lines else out.returncode})",
+def decode_audio(path: Path, sample_rate: int = 48000, max_s: float | None = None) -> np.ndarray:
+    """Any format ffmpeg reads → mono float32 at ``sample_rate``, at most ``max_s`` seconds of it.
+
+    With ``max_s`` the decoder stops (``-t``) just past the limit and the samples go straight into one array
+    of the limit's size, so a file whose header understates its length cannot make this process decode hours
+    of audio; a file longer than ``max_s`` is ``MediaTooLong`` rather than silently cut. Up to eight
+    channels get ffmpeg's standard downmix for their speaker layout, scaled so it cannot clip; more
+    channels (microphone arrays, multitrack recordings) have no layout, so they are averaged.
+    """
+    channels = probe(path).channels
+    if channels > MAX_AUDIO_CHANNELS:
+        raise UnsupportedMedia(f"{path.name} has {channels} audio channels; at most {MAX_AUDIO_CHANNELS} can be "
+                               "mixed down to mono; export it as mono or stereo", field="audio")
+    if channels > _KNOWN_LAYOUTS:
+        mix = ["-af", "pan=mono|c0<" + "+".join(f"c{i}" for i in range(channels))]
+    else:
+        mix = ["-rematrix_maxval", "1.0", "-ac", "1"]
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", *mix,
+           "-ar", str(sample_rate)]
+    limit = None if max_s is None else round(max_s * sample_rate)
+    if max_s is not None:
+        cmd += ["-t", f"{max_s + 1:.3f}"]
+    samples, code, errors = _run_decoder([*cmd, "-f", "f32le", "-"], limit)
+    if limit is not None and samples.size > limit:
+        raise MediaTooLong(f"{path.name} lasts longer than {max_s:g} s (decoding stopped there); the limit is "
+                           f"{max_s:g} s; trim or split it", field="audio")
+    if code is None:
+        raise CorruptMedia(f"{path.name} took longer than {DECODE_TIMEOUT_S} s to decode; it looks damaged",
                            field="audio")
-    samples = np.frombuffer(out.stdout, np.float32).copy()
+    if code != 0:
+        raise CorruptMedia(f"{path.name} could not be decoded ({plain_reason(errors[0]) if errors else code})",
+                           field="audio")
     if samples.size == 0:
         raise CorruptMedia(f"{path.name} contains no audio samples", field="audio")
     return samples
+
+
+def _run_decoder(cmd: list[str], limit: int | None) -> tuple[np.ndarray, int | None, list[str]]:
+    """Run an ffmpeg that writes f32le to stdout; keep at most ``limit`` + 1 samples (then stop it).
+
+    Returns the samples, the exit code (None when it ran past ``DECODE_TIMEOUT_S``) and ffmpeg's first error
+    lines; its error output goes to a file, so a damaged input that logs on every packet costs no memory.
+    """
+    expired = threading.Event()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+
+        def expire() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(DECODE_TIMEOUT_S, expire)
+        timer.start()
+        try:
+            samples = _read_all(proc.stdout) if limit is None else _read_at_most(proc.stdout, limit + 1)
+        finally:
+            timer.cancel()
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+        err.seek(0)
+        errors = [line.strip() for line in err.read(1 << 16).decode(errors="replace").splitlines() if line.strip()]
+    return samples, None if expired.is_set() else code, errors
+
+
+def _read_at_most(stream: IO[bytes], count: int) -> np.ndarray:
+    """Up to ``count`` float32 samples, read straight into one array (pages never written cost no memory)."""
+    samples = np.empty(count, np.float32)
+    view = memoryview(samples).cast("B")
+    filled = 0
+    while filled < len(view) and (got := stream.readinto(view[filled:])):  # type: ignore[attr-defined]
+        filled += got
+    return samples[: filled // 4]
+
+
+def _read_all(stream: IO[bytes]) -> np.ndarray:
+    chunks = [np.frombuffer(block, np.float32, len(block) // 4) for block in iter(lambda: stream.read(1 << 20), b"")]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 def resample(samples: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import CorruptMedia, UnknownAvatar, UnsupportedMedia
+from .errors import CorruptMedia, MediaTooLong, UnknownAvatar, UnsupportedMedia
 from .face import FaceTrack, get_backend, track_frames
 from .face.regions import track_mouth_region
 from .frames import Region, crop, to_bgr
@@ -86,6 +86,10 @@ class AvatarStore:
     def _dir(self, avatar_id: str) -> Path:
         return self.root / check_id(avatar_id)
 
+    def disk_bytes(self, avatar_id: str) -> int:
+        """What the avatar occupies in the store (template, face track, crops): for storage quotas."""
+        return sum(path.stat().st_size for path in self._dir(avatar_id).rglob("*") if path.is_file())
+
     def list(self) -> list[Avatar]:
         if not self.root.is_dir():
             return []
@@ -120,7 +124,8 @@ class AvatarStore:
     def add(self, path: Path, avatar_id: str | None = None, name: str | None = None,
             progress: Callable[[str, float], None] | None = None) -> Avatar:
         """Validate and preprocess a template. The same content under the same id is a no-op."""
-        info = validate_template(path, self.settings.max_template_s, self.settings.max_template_pixels)
+        info = validate_template(path, self.settings.max_template_s, self.settings.max_template_pixels,
+                                 min_side=self.settings.min_face_px)
         sha = file_sha256(path)
         existing = self.find_by_hash(sha)
         if existing and (avatar_id is None or existing.id == avatar_id):
@@ -196,9 +201,17 @@ class AvatarStore:
         writer = VideoWriter(forward, width=w, height=h, fps=fps, audio=None, crf=TEMPLATE_CRF,
                              keyframe_interval=KEYFRAME_INTERVAL, fast_decode=True, pix_fmt="yuv420p")
         poster: list[np.ndarray] = []
+        limit_s = self.settings.max_template_s
+        most = round(limit_s * fps) + 1  # one frame of slack for the fps filter's rounding
 
         def tee() -> Iterator[np.ndarray]:
-            for i, frame in enumerate(read_frames(path, w, h, fps=fps, pix_fmt="yuv420p")):
+            # Decoding stops just past the limit whatever the header claims; more frames than the limit
+            # allows means the header understated the length, and the template is refused, not cut.
+            frames = read_frames(path, w, h, fps=fps, pix_fmt="yuv420p", max_s=limit_s + 2 / fps)
+            for i, frame in enumerate(frames):
+                if i >= most:
+                    raise MediaTooLong(f"{path.name} runs longer than {limit_s:.0f} s; templates may be at most "
+                                       f"{limit_s:.0f} s (trim it, or raise ENGINE_MAX_TEMPLATE_S)", field="avatar")
                 writer.write(frame)
                 image = to_bgr(frame)
                 if not poster:

@@ -132,7 +132,7 @@ class Engine:
             raise InvalidText("give either text to speak or an audio file, not both and not neither")
         if req.audio is not None:
             validate_audio(Path(req.audio), self.settings.max_audio_s)
-            samples = decode_audio(Path(req.audio), UPLOAD_SAMPLE_RATE)
+            samples = decode_audio(Path(req.audio), UPLOAD_SAMPLE_RATE, max_s=self.settings.max_audio_s)
             return Spoken(Speech(samples, UPLOAD_SAMPLE_RATE), None, None)
         text = clean_text(req.text or "", self.settings.max_text_chars)
         lang = detect_lang(text, req.lang)

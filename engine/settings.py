@@ -25,7 +25,8 @@ class EngineSettings(BaseSettings):
     max_audio_s: float = Field(300.0, gt=0)
     max_template_s: float = Field(300.0, gt=0)
     max_template_pixels: int = Field(3840 * 2160, gt=0)
-    min_face_px: int = Field(80, ge=16, description="Smallest face height (pixels) the engine accepts.")
+    min_face_px: int = Field(80, ge=16, description="Smallest face height (pixels) the engine accepts; a template "
+                             "smaller than this on either side cannot hold one and is refused.")
 
     lead_in_s: float = Field(0.2, ge=0, le=2)
     lead_out_s: float = Field(0.3, ge=0, le=2)

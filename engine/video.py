@@ -18,6 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from .errors import CorruptMedia
+from .media import plain_reason
 
 _TEMPLATE_DAMAGE = ("/concat @", "[h264 @", "Invalid data found when processing input", "Error during demuxing",
                     "moov atom not found")
@@ -50,12 +51,13 @@ def _input(path: Path, concat: bool) -> list[str]:
 def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
                 max_frames: int | None = None, fps: float | None = None,
                 pix_fmt: str = "bgr24", concat: bool = False,
-                crop: tuple[int, int, int, int] | None = None) -> Iterator[np.ndarray]:
+                crop: tuple[int, int, int, int] | None = None, max_s: float | None = None) -> Iterator[np.ndarray]:
     """Decode ``path`` to frames of ``width``x``height`` (scaled if the stream differs).
 
     ``bgr24`` gives (h, w, 3) images; ``yuv420p`` gives I420 buffers of shape (h*3/2, w), which
     skips the colour conversion entirely when the source is already 4:2:0. ``crop`` (x, y, w, h)
-    cuts a region out instead of scaling; ``concat`` reads a concat-demuxer playlist.
+    cuts a region out instead of scaling; ``concat`` reads a concat-demuxer playlist. ``max_s`` stops
+    ffmpeg after that much video (``-t``), whatever the file's header says about its length.
     """
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error"]
     if start_s > 0:
@@ -71,6 +73,8 @@ def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
         cmd += ["-vf", f"scale={width}:{height}:flags={SWS_FLAGS}", "-fps_mode", "passthrough"]
     if max_frames is not None:
         cmd += ["-frames:v", str(max_frames)]
+    if max_s is not None:
+        cmd += ["-t", f"{max_s:.6f}"]
     cmd += ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"]
     shape = (height, width, 3) if pix_fmt == "bgr24" else (height * 3 // 2, width)
     size = int(np.prod(shape))
@@ -91,8 +95,8 @@ def read_frames(path: Path, width: int, height: int, *, start_s: float = 0.0,
             code = proc.wait()
         if code not in (0, -9):
             err.seek(0)
-            message = err.read().decode(errors="replace").strip().splitlines()
-            raise CorruptMedia(f"{path.name} could not be decoded ({message[-1] if message else code})")
+            message = err.read(1 << 16).decode(errors="replace").strip().splitlines()
+            raise CorruptMedia(f"{path.name} could not be decoded ({plain_reason(message[0]) if message else code})")
 
 
 _SAFE_PATH = re.compile(r"^[\w./-]+$")
@@ -206,7 +210,7 @@ class VideoWriter:
     def _failure(self, what: str) -> Exception:
         """Say why ffmpeg stopped: a full disk, a damaged template (the avatar's fault), or anything else."""
         log = self._stderr()
-        last = log.splitlines()[-1] if log else "no message"
+        last = plain_reason(log.splitlines()[-1]) if log else "no message"
         if "No space left on device" in log:
             return OSError(errno.ENOSPC, f"No space left on device while writing {self.out.name}")
         if self.background is not None and any(mark in log for mark in _TEMPLATE_DAMAGE):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from engine import Engine, EngineSettings, RenderRequest
+from engine.audio import decode_audio
+from engine.avatars import AvatarStore
 from engine.errors import (
     CorruptMedia,
     FaceTooSmall,
@@ -20,7 +23,10 @@ from engine.errors import (
     UnknownAvatar,
     UnsupportedMedia,
 )
+from engine.media import plain_reason
+from engine.video import read_frames
 from tests.conftest import REPO, ffmpeg
+from tests.hostile_media import lying_mkv, lying_mp3, many_channel_wav, one_pixel_video
 
 
 def render(engine: Engine, tmp_path: Path, **kwargs) -> None:
@@ -153,3 +159,86 @@ def test_cli_reports_errors_without_a_traceback(settings: EngineSettings, tmp_pa
         env={"ENGINE_STORAGE_ROOT": str(settings.storage_root), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert run.returncode == 2
     assert "error: text is empty" in run.stderr and "Traceback" not in run.stderr
+
+
+# --- issue #10: decoders stop at the limits, whatever a header says ------------------------------------------------
+
+ADDRESS_OR_PATH = re.compile(r"0x[0-9a-fA-F]{6,}|/tmp/")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("hostile")
+    lying_mp3(d / "hour.mp3")
+    lying_mkv(d / "400s.mkv")
+    one_pixel_video(d / "dot.mp4")
+    for channels in (1, 2, 6, 9, 64, 65):
+        many_channel_wav(d / f"{channels}ch.wav", channels)
+    return d
+
+
+def test_the_audio_decoder_stops_at_the_limit(hostile: Path) -> None:
+    with pytest.raises(MediaTooLong, match=r"hour\.mp3 lasts longer than 20 s \(decoding stopped there\)"):
+        decode_audio(hostile / "hour.mp3", 8000, max_s=20)
+    assert decode_audio(hostile / "1ch.wav", 8000, max_s=2).size == 16000  # exactly at the limit is fine
+
+
+def test_the_video_decoder_stops_at_the_limit(hostile: Path) -> None:
+    frames = list(read_frames(hostile / "400s.mkv", 160, 120, fps=5, max_s=10))
+    assert len(frames) == 50  # 10 s at 5 fps of a 400 s file
+
+
+def test_avatar_preprocessing_stops_at_the_template_limit(hostile: Path, tmp_path: Path) -> None:
+    """What happens to a file that got past validation: the template is refused once it runs past the limit."""
+    store = AvatarStore(EngineSettings(_env_file=None, storage_root=tmp_path, max_template_s=2))  # type: ignore[call-arg]
+    with pytest.raises(MediaTooLong, match=r"400s\.mkv runs longer than 2 s; templates may be at most 2 s"):
+        store._add_video(hostile / "400s.mkv", 5.0, 160, 120, tmp_path, "long", None, "0" * 64, None)
+    assert not list(tmp_path.iterdir()), "the half-written template is removed"
+
+
+def test_avatars_that_lie_or_are_too_small_are_refused(hostile: Path, tmp_path: Path) -> None:
+    store = Engine(EngineSettings(_env_file=None, storage_root=tmp_path)).avatars  # type: ignore[call-arg]
+    with pytest.raises(MediaTooLong, match=r"holds more than 300 s of media, although its header says 1\.0 s"):
+        store.add(hostile / "400s.mkv")
+    with pytest.raises(UnsupportedMedia, match="is only 1x1 pixels; a face needs a picture at least 80 pixels"):
+        store.add(hostile / "dot.mp4")
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6, 9, 64])
+def test_any_channel_count_is_mixed_down_without_clipping(hostile: Path, channels: int) -> None:
+    """Every channel holds the same half-scale tone, so a correct mono mix is that tone: not louder, not quieter."""
+    samples = decode_audio(hostile / f"{channels}ch.wav", 16000, max_s=10)
+    assert samples.size == 32000
+    assert float(np.abs(samples).max()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_more_channels_than_can_be_mixed_are_refused_plainly(hostile: Path) -> None:
+    with pytest.raises(UnsupportedMedia, match=r"65ch\.wav has 65 audio channels; at most 64 can be mixed down"):
+        decode_audio(hostile / "65ch.wav", 16000, max_s=10)
+
+
+def test_a_64_channel_recording_renders(engine: Engine, hostile: Path, tmp_path: Path) -> None:
+    result = engine.render(RenderRequest(out=tmp_path / "out.mp4", audio=hostile / "64ch.wav",
+                                         avatar="astronaut-photo"))
+    assert result.duration_s == pytest.approx(2.0 + engine.settings.lead_in_s + engine.settings.lead_out_s, abs=0.1)
+
+
+def test_ffmpeg_messages_lose_addresses_and_paths(tmp_path: Path) -> None:
+    line = ("[aost#0:0/pcm_f32le @ 0x5639f7230ac0] [enc:pcm_f32le @ 0x5639f7231540] Could not open encoder before EOF")
+    assert plain_reason(line) == "Could not open encoder before EOF"
+    assert plain_reason("file:/tmp/media-check-x/input: Invalid data found when processing input") == \
+        "Invalid data found when processing input"
+    assert plain_reason("Rate 25/1, N/A, codec tag 0x0055") == "Rate 25/1, N/A, codec tag 0x0055"
+    clip = tmp_path / "clip.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=2", "-c:v", "libx264", str(clip))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])  # its index (at the end) is gone
+    junk = tmp_path / "junk.mp3"
+    junk.write_text("this is not audio\n" * 200)
+    attempts = {"moov atom not found": lambda: list(read_frames(cut, 64, 64)),
+                "is not readable media": lambda: decode_audio(junk, 16000, max_s=10)}
+    for reason, attempt in attempts.items():
+        with pytest.raises(CorruptMedia, match=reason) as err:
+            attempt()
+        assert not ADDRESS_OR_PATH.search(str(err.value)), str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -9,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from bridge.media_check import CheckedMedia, MediaLimits, check_media
+from engine import EngineSettings, packets
 from engine.errors import CorruptMedia, EngineError, MediaTooLong, UnsupportedMedia
 from engine.media import validate_audio, validate_template
 from tests.bridge_fixtures import was_connected
 from tests.conftest import ffmpeg
+from tests.hostile_media import lying_mkv, lying_mp3, many_channel_wav, one_pixel_video, packed_mkv
 
 LIMITS = MediaLimits(max_duration_s=10)
 SINE = ("-f", "lavfi", "-i", "sine=frequency=440:duration=3")
@@ -76,6 +79,7 @@ def reject(path: Path, expect: str, error: type[EngineError], match: str, **kwar
         check_media(path, expect, kwargs.pop("limits", LIMITS), **kwargs)  # type: ignore[arg-type]
     assert str(err.value).startswith(f"{kwargs.get('field', expect)}: ")
     assert err.value.field == kwargs.get("field", expect)
+    assert not re.search(r"0x[0-9a-fA-F]{6,}|media-check-|/tmp/", str(err.value)), "no address or server path"
     return err.value
 
 
@@ -146,8 +150,92 @@ def test_stream_cap(media: Path) -> None:
 
 
 def test_limits_follow_the_engine() -> None:
-    from engine import EngineSettings
-
     settings = EngineSettings(_env_file=None, max_audio_s=42, max_template_pixels=1000)  # type: ignore[call-arg]
     assert MediaLimits.for_engine("audio", settings).max_duration_s == 42
     assert MediaLimits.for_engine("avatar", settings).max_pixels == 1000
+    assert MediaLimits.for_engine("avatar", settings).min_side == settings.min_face_px == 80
+
+
+# --- issue #10: lengths are measured, not read from headers ------------------------------------------------------
+
+DEFAULTS = EngineSettings(_env_file=None)  # type: ignore[call-arg]
+AUDIO = MediaLimits.for_engine("audio", DEFAULTS)
+AVATAR = MediaLimits.for_engine("avatar", DEFAULTS)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("hostile")
+    lying_mp3(d / "hour.mp3")
+    lying_mkv(d / "400s.mkv")
+    one_pixel_video(d / "dot.mp4")
+    packed_mkv(d / "packed.mkv")
+    ffmpeg("-f", "lavfi", "-i", "color=size=64x64", "-frames:v", "1", str(d / "small.png"))
+    for channels in (64, 65):
+        many_channel_wav(d / f"{channels}ch.wav", channels)
+    return d
+
+
+def test_an_mp3_whose_header_understates_an_hour_is_too_long(hostile: Path) -> None:
+    """The Xing/Info frame says 16 frames (0.4 s); the packets say an hour. Refused after reading 300 s of them."""
+    err = reject(hostile / "hour.mp3", "audio", MediaTooLong, r"talk\.mp3 holds more than 300 s of media, although "
+                 r"its header says 0\.4 s; the limit is 300 s", limits=AUDIO, user_filename="talk.mp3")
+    assert err.code == "media_too_long"
+
+
+def test_an_mkv_whose_duration_element_says_1_s_is_too_long(hostile: Path) -> None:
+    reject(hostile / "400s.mkv", "avatar", MediaTooLong, r"holds more than 300 s of media, although its header "
+           r"says 1\.0 s", limits=AVATAR, user_filename="me.mkv")
+
+
+def test_the_measured_length_is_the_real_one(hostile: Path) -> None:
+    """Under a limit they fit, the lying files are measured at their real lengths, not their headers' claims."""
+    assert check_media(hostile / "hour.mp3", "audio", MediaLimits(max_duration_s=7200)).duration_s == \
+        pytest.approx(3600, abs=1)
+    assert check_media(hostile / "400s.mkv", "avatar", MediaLimits(max_duration_s=600)).duration_s == \
+        pytest.approx(400, abs=1)
+
+
+@pytest.mark.parametrize("name", ["tone.wav", "tone.m4a"])
+def test_a_file_exactly_at_the_limit_passes(media: Path, name: str) -> None:
+    """AAC's priming packet sits at a negative timestamp that decoders drop; it does not count as length."""
+    assert check_media(media / name, "audio", MediaLimits(max_duration_s=3)).duration_s == 3.0
+
+
+def test_packed_timestamps_are_too_long(hostile: Path) -> None:
+    """100 frames whose timestamps fit in 1.1 s, each lasting 40 ms: the packets' durations add up to 4 s."""
+    reject(hostile / "packed.mkv", "avatar", MediaTooLong, r"holds more than 2 s of media, although its header says "
+           r"1\.1 s", limits=MediaLimits(max_duration_s=2, max_fps=30))
+
+
+def test_reading_stops_at_the_frame_cap(media: Path) -> None:
+    """However the timestamps look, no more video packets are read than the length limit at the top frame rate."""
+    found = packets.read(["ffprobe", "-v", "error", *packets.PACKET_ARGS, str(media / "clip.mp4")],
+                         max_video_packets=10)
+    assert (found.stopped, found.streams[0].count) == ("frames", 11)
+    assert MediaLimits(max_duration_s=10, max_fps=25).max_frames == 251
+
+
+@pytest.mark.parametrize(("name", "size"), [("dot.mp4", "1x1"), ("small.png", "64x64")])
+def test_a_picture_too_small_for_a_face_is_refused(hostile: Path, name: str, size: str) -> None:
+    err = reject(hostile / name, "avatar", UnsupportedMedia, f"is only {size} pixels; a face needs a picture at least "
+                 "80 pixels wide and tall; use a larger photo or video", limits=AVATAR, user_filename=name)
+    assert err.code == "unsupported_media"
+
+
+def test_64_channels_pass_and_65_are_refused_plainly(hostile: Path) -> None:
+    assert check_media(hostile / "64ch.wav", "audio", AUDIO).duration_s == pytest.approx(2)
+    reject(hostile / "65ch.wav", "audio", UnsupportedMedia, "has 65 audio channels; at most 64 can be mixed down to "
+           "mono; export it as mono or stereo", limits=AUDIO)
+
+
+def test_engine_validators_measure_too(hostile: Path) -> None:
+    """A CLI user's file gets the same treatment from the engine's own checks."""
+    with pytest.raises(MediaTooLong, match=r"holds more than 300 s of media, although its header says 0\.4 s"):
+        validate_audio(hostile / "hour.mp3", 300)
+    with pytest.raises(MediaTooLong, match=r"holds more than 300 s of media, although its header says 1\.0 s"):
+        validate_template(hostile / "400s.mkv", 300, 3840 * 2160)
+    with pytest.raises(UnsupportedMedia, match="is only 1x1 pixels"):
+        validate_template(hostile / "dot.mp4", 300, 3840 * 2160, min_side=80)
+    with pytest.raises(UnsupportedMedia, match="has 65 audio channels"):
+        validate_audio(hostile / "65ch.wav", 300)

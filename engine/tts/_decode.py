@@ -15,6 +15,7 @@ import wave
 import numpy as np
 
 from ..errors import BackendUnavailable, CorruptMedia
+from ..media import plain_reason
 
 _RATE = re.compile(rb"Audio: [^\n]*?(\d+) Hz")
 _FFMPEG_TIMEOUT_S = 120.0
@@ -69,6 +70,6 @@ def _decode_ffmpeg(data: bytes) -> tuple[np.ndarray, int]:
     samples = np.frombuffer(proc.stdout[: len(proc.stdout) - len(proc.stdout) % 4], dtype="<f4")
     if proc.returncode != 0 or not rates or samples.size == 0:
         tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        raise CorruptMedia(f"not decodable audio ({tail[0][:200]})")
+        raise CorruptMedia(f"not decodable audio ({plain_reason(tail[0])})")  # no heap address or server path
     # The last "Audio: ... Hz" line is the output stream, i.e. the rate of the samples we got.
     return np.clip(samples.astype(np.float32), -1.0, 1.0), int(rates[-1])
