@@ -1,24 +1,57 @@
-"""Text checks shared by every TTS backend: emptiness, length, and a language guess."""
+"""Text and language checks shared by every TTS backend and by the bridge's intake.
+
+The same functions run at submit (so a client hears about bad input at once) and in the engine
+(so a job queued by an older bridge, or a direct engine caller, gets the same clear error).
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 
-from .errors import InvalidText
+from .errors import InvalidText, UnknownVoice
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-LANG_ALIASES = {"zh": "zh", "cmn": "zh", "zh-cn": "zh", "zh_cn": "zh", "zh-hans": "zh", "mandarin": "zh",
-                "en": "en", "en-us": "en", "en_us": "en", "english": "en"}
+LANG_ALIASES = {"zh": "zh", "cmn": "zh", "zh-cn": "zh", "zh-hans": "zh", "mandarin": "zh",
+                "en": "en", "en-us": "en", "english": "en"}
+MAX_TAG_LENGTH = 35
+"""RFC 5646 section 4.4.1: the length every implementation must handle."""
+# RFC 5646 langtag: language (with up to three extlangs), script, region, variants, extensions, private use.
+_LANGUAGE_TAG = re.compile(
+    r"[a-z]{2,8}(?:-[a-z]{3}){0,3}(?:-[a-z]{4})?(?:-(?:[a-z]{2}|[0-9]{3}))?"
+    r"(?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*(?:-[a-wyz0-9](?:-[a-z0-9]{2,8})+)*(?:-x(?:-[a-z0-9]{1,8})+)?",
+    re.IGNORECASE | re.ASCII,
+)
+TAG_HINT = "a BCP 47 language tag such as en, en-US, cmn or zh-Hans-CN, or auto"
+
+
+def speakable_text(text: str) -> str:
+    """``text`` normalised to NFC with whitespace and control characters collapsed to single spaces.
+
+    Refuses text a voice cannot say: empty, or only emoji, punctuation, symbols and controls (no
+    letter or digit at all), and text that is not valid Unicode (a lone surrogate cannot be encoded
+    for any synthesiser).
+    """
+    if not isinstance(text, str):
+        raise InvalidText("text must be a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidText(f"text is not valid Unicode (a lone surrogate at character {exc.start + 1}); "
+                          "send it as UTF-8") from exc
+    normal = unicodedata.normalize("NFC", text)
+    cleaned = " ".join("".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in normal).split())
+    if not cleaned:
+        raise InvalidText("text is empty: give at least one word to speak")
+    if not any(ch.isalnum() for ch in cleaned):
+        raise InvalidText("text is empty of words: it holds only emoji, punctuation or symbols, which no voice "
+                          "can say; give at least one word to speak")
+    return cleaned
 
 
 def clean_text(text: str, max_chars: int) -> str:
-    """Normalise to NFC, collapse whitespace, and refuse empty or over-long input with a clear message."""
-    if not isinstance(text, str):
-        raise InvalidText("text must be a string")
-    cleaned = " ".join(unicodedata.normalize("NFC", text).split())
-    if not cleaned or not any(ch.isalnum() for ch in cleaned):
-        raise InvalidText("text is empty: give at least one word to speak")
+    """``speakable_text`` plus the length limit, with a clear message for each refusal."""
+    cleaned = speakable_text(text)
     if len(cleaned) > max_chars:
         raise InvalidText(
             f"text is {len(cleaned)} characters long; the limit is {max_chars} "
@@ -27,8 +60,22 @@ def clean_text(text: str, max_chars: int) -> str:
     return cleaned
 
 
+def language_tag(lang: str | None) -> str:
+    """``auto`` or the lower-cased tag; anything else (``../``, ``en_US``, NUL…) is refused.
+
+    A language tag later picks voice data files, so only the strict RFC 5646 shape passes.
+    """
+    if lang is None or (isinstance(lang, str) and lang.lower() in ("", "auto")):
+        return "auto"
+    if not isinstance(lang, str) or len(lang) > MAX_TAG_LENGTH or not _LANGUAGE_TAG.fullmatch(lang):
+        shown = repr(lang[:40]) if isinstance(lang, str) else type(lang).__name__
+        raise UnknownVoice(f"lang {shown} is not a language tag: use {TAG_HINT}", field="lang")
+    return lang.lower()
+
+
 def detect_lang(text: str, lang: str | None) -> str:
     """Resolve ``auto``/aliases to a language tag; any CJK ideograph means Mandarin."""
-    if lang and lang.lower() not in ("auto", ""):
-        return LANG_ALIASES.get(lang.lower(), lang.lower())
+    tag = language_tag(lang)
+    if tag != "auto":
+        return LANG_ALIASES.get(tag, tag)
     return "zh" if _CJK.search(text) else "en"

@@ -17,6 +17,7 @@ from engine.errors import BackendFailed, BackendUnavailable, CorruptMedia, Missi
 from engine.settings import EngineSettings
 from engine.tts import Speech, SynthesisRequest, get_backend, list_voices
 from engine.tts._decode import decode_audio
+from engine.tts.espeak import _Library
 from engine.tts.heygem import HeyGemTTSBackend
 from engine.tts.openai import OpenAITTSBackend
 from tests.standins.tts_servers import HeyGemTTSServer, OpenAITTSServer, encode, speech_samples, wav_bytes
@@ -97,6 +98,43 @@ def test_espeak_unknown_voice() -> None:
         get_backend(make_settings(), "espeak").synthesize(SynthesisRequest("hi", voice="no-such-voice"))
 
 
+PATHS = ["../../../../../../../../../../../../etc", "..\\x", "a/b", "en\x00us", "../"]
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_espeak_refuses_paths_as_voice_or_lang(name: str) -> None:
+    """libespeak-ng opens these as voice files (`../` crashes it); none may get that far, by any route."""
+    backend = get_backend(make_settings(), "espeak")
+    with pytest.raises(UnknownVoice) as as_voice:
+        backend.synthesize(SynthesisRequest("hi", voice=name))
+    assert as_voice.value.field == "voice" and "not a voice name" in str(as_voice.value)
+    with pytest.raises(UnknownVoice) as as_lang:
+        backend.synthesize(SynthesisRequest("hi", lang=name))
+    assert as_lang.value.field == "lang" and "not a language tag" in str(as_lang.value)
+    with pytest.raises(UnknownVoice, match="not a voice name"):
+        _Library.get().synth("hi", name, 175)  # the last gate before the native library
+
+
+@pytest.mark.parametrize(("lang", "voice"), [
+    ("en", "en-us"), ("en-US", "en-us"), ("en-GB", "en"), ("fr-FR", "fr"), ("pt-BR", "pt-br"), ("es-MX", "es"),
+    ("zh", "cmn"), ("cmn", "cmn"), ("zh-Hans-CN", "cmn"), ("cmn-Latn-pinyin", "cmn-latn-pinyin"), ("auto", "en-us"),
+])
+def test_espeak_picks_a_listed_voice_for_a_language(lang: str, voice: str) -> None:
+    backend = get_backend(make_settings(), "espeak")
+    assert backend.voice_for(SynthesisRequest("hello", lang=lang)) == voice
+    assert voice in {v.id for v in backend.voices()}
+
+
+def test_espeak_refuses_a_language_no_voice_speaks() -> None:
+    backend = get_backend(make_settings(), "espeak")
+    with pytest.raises(UnknownVoice, match="no eSpeak voice speaks lang 'tlh'") as err:
+        backend.synthesize(SynthesisRequest("hello", lang="tlh"))
+    assert err.value.field == "lang"
+    with pytest.raises(UnknownVoice, match="not a language tag") as malformed:
+        backend.synthesize(SynthesisRequest("hello", lang="en_US"))  # strict BCP 47: hyphens only
+    assert malformed.value.field == "lang"
+
+
 # --- piper --------------------------------------------------------------------------------------
 
 
@@ -124,6 +162,11 @@ def test_piper_refuses_other_languages_and_voices(piper_backend) -> None:
         piper_backend.synthesize(SynthesisRequest("你好", lang="zh"))
     with pytest.raises(UnknownVoice):
         piper_backend.synthesize(SynthesisRequest("hello", voice="en_GB-nobody-low"))
+    with pytest.raises(UnknownVoice, match="not a language tag") as err:
+        piper_backend.synthesize(SynthesisRequest("hello", lang="../"))
+    assert err.value.field == "lang"
+    for lang in ("en", "en-GB", "en-US", "auto"):
+        piper_backend._check(SynthesisRequest("hello", lang=lang))
 
 
 def test_piper_missing_voice_file(tmp_path) -> None:
@@ -205,6 +248,26 @@ def test_openai_timeout_is_honoured(openai_server: OpenAITTSServer) -> None:
     with pytest.raises(BackendUnavailable, match=openai_server.url):
         OpenAITTSBackend(settings).synthesize(SynthesisRequest("hello"))
     assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize("name", [*PATHS, "af bella", "voice;rm"])
+def test_openai_refuses_voice_names_that_could_be_paths(openai_server: OpenAITTSServer, name: str) -> None:
+    """Kokoro-FastAPI loads voices/<name>.pt: a name with a path in it is never sent."""
+    openai_server.api_key = None
+    backend = OpenAITTSBackend(make_settings(openai_tts_url=openai_server.url))
+    with pytest.raises(UnknownVoice) as err:
+        backend.synthesize(SynthesisRequest("hello", voice=name))
+    assert err.value.field == "voice"
+    assert openai_server.requests == []
+    backend.synthesize(SynthesisRequest("hello", voice="af_bella(2)+af_sky(1)"))  # a Kokoro mix is a voice id
+    assert openai_server.requests[-1].json()["voice"] == "af_bella(2)+af_sky(1)"
+
+
+def test_openai_voice_list_leaves_out_unsafe_ids(openai_server: OpenAITTSServer) -> None:
+    openai_server.api_key = None
+    openai_server.voice_ids = ["af_bella", "../../etc/passwd", "a\\b", ""]
+    settings = make_settings(openai_tts_url=openai_server.url, openai_tts_voice="alloy")
+    assert [v.id for v in OpenAITTSBackend(settings).voices()] == ["alloy", "af_bella"]
 
 
 def test_openai_voices_with_and_without_a_list(openai_server: OpenAITTSServer) -> None:

@@ -12,7 +12,10 @@ import threading
 import numpy as np
 
 from ..errors import BackendUnavailable, UnknownVoice
+from ..text import detect_lang
 from .base import Phoneme, Speech, SynthesisRequest, TTSBackend, Voice, Word
+from .languages import voice_for_language
+from .names import espeak_name
 
 _EVENT_WORD, _EVENT_PHONEME, _EVENT_END = 1, 7, 0
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -103,6 +106,8 @@ class _Library:
         return 0
 
     def synth(self, text: str, voice: str, rate: int) -> tuple[np.ndarray, list[tuple[int, int, int, int, bytes]]]:
+        """``voice`` is opened as a file by libespeak-ng, so a name with a path in it never gets that far."""
+        voice = espeak_name(voice)
         with self.lock:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise UnknownVoice(f"eSpeak has no voice {voice!r}; run `python -m engine voices` for the list")
@@ -141,16 +146,41 @@ class EspeakBackend(TTSBackend):
 
     def __init__(self) -> None:
         self._lib = _Library.get()
+        self._voices = self._list_voices()
 
-    def voices(self) -> list[Voice]:
+    def _list_voices(self) -> list[Voice]:
         voices = []
         for ident, name, langs in self._lib.list_voices():
             vid = ident.split("/")[-1].lower()
             voices.append(Voice(id=vid, name=name, languages=langs or (vid,), backend=self.name))
         return sorted(voices, key=lambda v: v.id)
 
+    def voices(self) -> list[Voice]:
+        return list(self._voices)
+
+    def voice_for(self, request: SynthesisRequest) -> str:
+        """The eSpeak voice id for ``request``: only ever one eSpeak itself lists.
+
+        An explicit ``voice`` must be one of those ids; otherwise the language picks one (``en`` and
+        ``zh`` have preferred voices, other tags the best match, see ``languages.voice_for_language``).
+        """
+        lang = detect_lang(request.text, request.lang)  # refuses a malformed lang even when a voice is given
+        if request.voice:
+            wanted = espeak_name(request.voice, "voice").lower()
+            if any(v.id == wanted for v in self._voices):
+                return wanted
+            raise UnknownVoice(f"eSpeak has no voice {request.voice!r}; the voice list (`python -m engine voices`, "
+                               "or GET /v1/voices) has the ids")
+        if lang in DEFAULT_VOICES:
+            return DEFAULT_VOICES[lang]
+        match = voice_for_language(espeak_name(lang, "lang"), self._voices)
+        if match is None:
+            raise UnknownVoice(f"no eSpeak voice speaks lang {request.lang!r}; the voice list (`python -m engine "
+                               "voices`, or GET /v1/voices) shows the languages", field="lang")
+        return match.id
+
     def synthesize(self, request: SynthesisRequest) -> Speech:
-        voice = request.voice or DEFAULT_VOICES.get(request.lang, request.lang)
+        voice = self.voice_for(request)
         rate = int(np.clip(175 * request.speed, 80, 450))
         raw, events = self._lib.synth(request.text, voice, rate)
         sr = self._lib.sample_rate

@@ -19,6 +19,7 @@ from ..errors import BackendFailed, BackendUnavailable, CorruptMedia
 from ..settings import EngineSettings
 from ._decode import decode_audio
 from .base import Speech, SynthesisRequest, TTSBackend, Voice
+from .names import is_server_voice, server_voice
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class OpenAITTSBackend(TTSBackend):
         payload = {
             "model": self._model,
             "input": request.text,
-            "voice": request.voice or self._voice,
+            "voice": server_voice(request.voice) if request.voice else self._voice,
             "response_format": "wav",
             "speed": float(np.clip(request.speed, 0.25, 4.0)),
         }
@@ -120,7 +121,7 @@ class OpenAITTSBackend(TTSBackend):
         ids = []
         for item in items:
             vid = (item.get("id") or item.get("name")) if isinstance(item, dict) else item
-            if isinstance(vid, str) and vid:
+            if is_server_voice(vid):  # an id with a path in it could never be asked for
                 ids.append(vid)
         return ids
 

@@ -22,7 +22,9 @@ import numpy as np
 
 from ..errors import BackendFailed, BackendUnavailable, MissingWeights, UnknownVoice
 from ..settings import EngineSettings
+from ..text import language_tag
 from .base import Phoneme, Speech, SynthesisRequest, TTSBackend, Voice, Word
+from .languages import speaks
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +144,8 @@ class PiperBackend(TTSBackend):
     def _check(self, request: SynthesisRequest) -> None:
         if request.voice and request.voice.lower() != self.files.voice_id.lower():
             raise UnknownVoice(f"the Piper voice here is {self.files.voice_id!r}, not {request.voice!r}")
-        lang = (request.lang or "auto").lower().replace("_", "-")
-        if lang != "auto" and lang not in self.languages and lang.split("-")[0] not in self.languages:
+        lang = language_tag(request.lang)
+        if lang != "auto" and not speaks(self.voices()[0], lang):
             raise UnknownVoice(
                 f"the Piper voice {self.files.voice_id!r} speaks {self.languages[0]}, not {request.lang!r}; "
                 "use the espeak backend (or a server backend) for that language",
