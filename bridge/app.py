@@ -9,7 +9,8 @@ from typing import Any
 import redis
 from apiflask import APIFlask
 from apiflask.schema_adapters.marshmallow import parser as webargs_parser
-from flask import Response, current_app, request
+from flask import Blueprint, Response
+from flask_swagger_ui import get_swaggerui_blueprint
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -20,6 +21,7 @@ from bridge import problems
 from bridge.api import avatars, files, health, jobs, metrics, voices, whoami
 from bridge.api.deps import SECURITY_SCHEME, BridgeState
 from bridge.auth import TOKEN_TYPE, RedisReplayStore, ReplayStore
+from bridge.bodies import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, BodyGuard, BodyLimits, problem_handlers
 from bridge.db import DB_UNAVAILABLE, Database
 from bridge.keys import KeyStore, parse_env_keys
 from bridge.links import LinkSigner, install_log_redaction, link_minter, load_link_secret, object_store
@@ -55,9 +57,11 @@ def create_app(
     """
     settings = settings or get_settings()
     app = APIFlask("bridge", title="Talking Head bridge", version=_version(),
-                   spec_path="/openapi.json", docs_path="/docs")
+                   spec_path="/openapi.json", docs_path=None)
+    limits = BodyLimits.from_settings(settings)
     app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_content_length,
+        MAX_FORM_MEMORY_SIZE=MAX_FORM_FIELD_BYTES,
+        MAX_FORM_PARTS=MAX_FORM_PARTS,
         AUTO_OPERATION_ID=True,
         SECURITY_SCHEMES={
             SECURITY_SCHEME: {
@@ -75,7 +79,9 @@ def create_app(
         app.register_error_handler(unavailable, _database_unavailable)
     webargs_parser.unknown = None  # let each schema's Meta.unknown (RAISE) apply to query strings too
     app.spec_processor(lambda spec: document_uploads(problems.document_problem_responses(spec)))
-    app.before_request(refuse_oversized_chunked_bodies)
+    app.wsgi_app = BodyGuard(app.wsgi_app, limits)  # type: ignore[method-assign]
+    for refused, handler in problem_handlers(limits).items():
+        app.register_error_handler(refused, handler)
     init_request_logging(app)
 
     if key_store is None:
@@ -109,7 +115,25 @@ def create_app(
     app.register_blueprint(files.bp)
     app.register_blueprint(voices.bp)
     app.register_blueprint(avatars.bp)
+    app.register_blueprint(docs_blueprint())
     return app
+
+
+DOCS_PATH = "/docs"
+
+
+def docs_blueprint() -> Blueprint:
+    """Swagger UI at /docs, its files from the pinned flask-swagger-ui wheel, served from this origin.
+
+    The page names no other origin: no CDN script runs on the bridge's origin, and the docs work offline.
+    ``validatorUrl: none`` stops Swagger UI from sending the spec's URL to swagger.io's validator.
+    """
+    blueprint = get_swaggerui_blueprint(DOCS_PATH, "/openapi.json", config={
+        "app_name": "Talking Head bridge API", "layout": "BaseLayout", "validatorUrl": "none",
+        "oauth2RedirectUrl": f"{DOCS_PATH}/oauth2-redirect.html",
+    })
+    blueprint.add_url_rule("", endpoint="show")  # /docs itself, not only /docs/
+    return blueprint
 
 
 def _database_unavailable(error: DBAPIError) -> Response:
@@ -136,13 +160,21 @@ def _exactly_one(fields: tuple[str, ...]) -> list[dict[str, Any]]:
             if len(fields) > 1 else _given(name) for name in fields]
 
 
+BODY_REFUSALS = {"408": "The body did not arrive within BRIDGE_BODY_TIMEOUT_S",
+                  "413": "The body is over BRIDGE_MAX_JSON_LENGTH (JSON) or BRIDGE_MAX_CONTENT_LENGTH (multipart)"}
+
+
 def document_uploads(spec: dict[str, Any]) -> dict[str, Any]:
     """Spec processor: those bodies are JSON or multipart/form-data with a file part (not urlencoded forms),
-    and say which fields are alternatives."""
+    say which fields are alternatives, and may be refused as too slow or too large."""
     for (path, method), (part, sources) in UPLOAD_PARTS.items():
-        body = spec.get("paths", {}).get(path, {}).get(method, {}).get("requestBody")
+        operation = spec.get("paths", {}).get(path, {}).get(method, {})
+        body = operation.get("requestBody")
         if not body:
             continue
+        for status, description in BODY_REFUSALS.items():
+            operation["responses"].setdefault(status, {"description": description, "content": {
+                problems.PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}})
         content = body["content"]
         content.pop("application/x-www-form-urlencoded", None)
         schema = content["application/json"]["schema"]
@@ -153,21 +185,6 @@ def document_uploads(spec: dict[str, Any]) -> dict[str, Any]:
             "oneOf": _exactly_one(with_file)}]}}
         body["required"] = True
     return spec
-
-
-def refuse_oversized_chunked_bodies() -> Response | None:
-    """413 for a chunked body over the limit (Werkzeug reads such a body only up to the limit and stops).
-
-    Multipart bodies are left to Werkzeug's form parser, which refuses them itself as it streams.
-    """
-    if request.content_length is not None or request.mimetype == "multipart/form-data":
-        return None
-    if "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
-        return None
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if len(request.get_data(cache=True)) >= limit:
-        return problems.problem(413, None, f"the request body is larger than the {limit} bytes accepted")
-    return None
 
 
 def _metrics_registry(settings: BridgeSettings, database: Database) -> CollectorRegistry:

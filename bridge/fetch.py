@@ -63,15 +63,16 @@ class FetchPolicy:
 
     ``allow_http_hosts`` holds ``host`` (any port) or ``host:port`` entries (``[v6]:port`` for IPv6). Those
     hosts may use plain http, any port and private addresses: an internal MinIO, a test server. Every other
-    host must be https on ``allowed_ports`` and resolve to a public address. ``timeout_s`` bounds the whole
-    download, redirects included, not each read.
+    host must be https on ``allowed_ports`` (443 alone: file hosts serve https there, and every other port only
+    widens what a crafted URL can reach) and resolve to a public address. ``timeout_s`` bounds the whole download,
+    redirects included, not each read.
     """
 
     allow_http_hosts: frozenset[str]
     max_bytes: int
     timeout_s: float
     max_redirects: int = 3
-    allowed_ports: frozenset[int] = frozenset({80, 443})
+    allowed_ports: frozenset[int] = frozenset({443})
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.timeout_s <= 0 or self.max_redirects < 0:

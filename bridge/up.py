@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from bridge.ports import bind_error, serves
 from bridge.settings import BridgeSettings
 
 READY_TIMEOUT_S = 60.0
@@ -97,8 +98,12 @@ class Stack:
             child.wait()
 
 
-def _wait_ready(stack: Stack, settings: BridgeSettings, stopping: Callable[[], bool]) -> str | None:
-    """The API's base URL once ``/readyz`` is green; None if a stop was asked for meanwhile."""
+def _wait_ready(stack: Stack, api: subprocess.Popen[bytes], settings: BridgeSettings,
+                stopping: Callable[[], bool]) -> str | None:
+    """The API's base URL once ``/readyz`` is green and answered by our own API; None if a stop was asked for.
+
+    Whatever took the port after the check in ``run`` would answer too; only our API's green counts.
+    """
     base = f"http://{settings.host}:{settings.port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -106,14 +111,20 @@ def _wait_ready(stack: Stack, settings: BridgeSettings, stopping: Callable[[], b
             return None
         stack.check()
         with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+            if requests.get(f"{base}/readyz", timeout=1).status_code == 200 and serves(api.pid, settings.port):
                 return base
         time.sleep(0.2)
     raise StartupError(f"the API did not report ready within {READY_TIMEOUT_S:.0f} s; see {stack.logs}")
 
 
 def run(settings: BridgeSettings) -> int:
-    """Start the stack, report where it listens, and keep it up until Ctrl-C or SIGTERM."""
+    """Start the stack, report where it listens, and keep it up until Ctrl-C or SIGTERM.
+
+    A port already taken is reported before anything starts, with what holds it.
+    """
+    if taken := bind_error(settings.host, settings.port):
+        print(f"error: {taken}", file=sys.stderr, flush=True)
+        return 1
     stack = Stack(settings)
     stopping = False
 
@@ -127,8 +138,8 @@ def run(settings: BridgeSettings) -> int:
         if redis_cmd:
             stack.start("redis", redis_cmd)
         stack.start("worker", [sys.executable, "-m", "bridge", "worker"])
-        stack.start("api", [sys.executable, "-m", "bridge", "serve"])
-        base = _wait_ready(stack, settings, lambda: stopping)
+        api = stack.start("api", [sys.executable, "-m", "bridge", "serve"])
+        base = _wait_ready(stack, api, settings, lambda: stopping)
         if base is None:
             return 0
         print(f"bridge up on {base}  (redis: {'started' if redis_cmd else 'existing'}, 1 worker; "

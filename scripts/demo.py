@@ -3,7 +3,9 @@
 Starts `python -m bridge up` (local Redis, one worker, the API) and creates a fresh API key; then
 starts the Dify plugin (`python -m main`, Python 3.12, the real SDK) and speaks the plugin daemon's
 stdio protocol to it: validate the credentials, invoke `text_to_video`, reassemble the returned file.
-Prints the link and the saved MP4 path, and stops everything again.
+Says which bridge it talks to (the one it started: its URL, pid and logs), prints the link and the saved MP4
+path, and stops everything again. A port already taken (by a bridge left running, say) is reported before
+anything starts.
 """
 
 from __future__ import annotations
@@ -11,37 +13,38 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import requests
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bridge.keys import KeyStore  # noqa: E402
+from bridge.ports import bind_error  # noqa: E402
 from bridge.settings import BridgeSettings  # noqa: E402
 from scripts.dify_daemon import PluginProcess  # noqa: E402
 
 DEADLINE_S = 300.0
 
 
-def _start_stack(settings: BridgeSettings, log: Path) -> subprocess.Popen[bytes]:
+def _start_stack(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m bridge up`, and the base URL it announced once ready (its own API, never another program's)."""
     with log.open("wb") as out:
         stack = subprocess.Popen([sys.executable, "-m", "bridge", "up"], cwd=REPO, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://{settings.host}:{settings.port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if stack.poll() is not None:
             raise SystemExit(f"the bridge did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return stack
+        announced = re.search(r"^bridge up on (\S+)", log.read_text(errors="replace"), re.MULTILINE)
+        if announced:
+            return stack, announced.group(1)
         time.sleep(0.3)
+    os.killpg(stack.pid, signal.SIGINT)
     raise SystemExit(f"the bridge was not ready in time; see {log}")
 
 
@@ -53,13 +56,16 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = BridgeSettings()
-    base = f"http://{settings.host}:{settings.port}"
+    if taken := bind_error(settings.host, settings.port):
+        raise SystemExit(f"make demo starts its own bridge, but {taken}")
+    log = settings.storage_root / "logs" / "demo-bridge.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    stack, base = _start_stack(log)
+    print(f"bridge: {base}, started by this demo (python -m bridge up, pid {stack.pid}; storage "
+          f"{settings.storage_root}; log {log})", file=sys.stderr)
     store = KeyStore(settings.keys_path)
     api_key = store.create()
     kid = api_key.split("_")[1]
-    log = settings.storage_root / "logs" / "demo-bridge.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    stack = _start_stack(settings, log)
     credentials = {"bridge_url": base, "api_key": api_key}
     try:
         with PluginProcess() as plugin:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from bridge.fetch import FetchError, FetchPolicy, fetch
+from bridge.fetch import FetchError, FetchPolicy, check_url, fetch
 from tests.bridge_fixtures import was_connected
 
 BODY = bytes(range(256)) * 4  # 1 KiB
@@ -222,6 +222,7 @@ SSRF = [
     ("gopher://example.com/_x", "only https"),
     ("http://example.com/a.wav", "plain http"),
     ("https://example.com:8443/a.wav", "port 8443"),
+    ("https://example.com:80/a.wav", "port 80 is not allowed"),
     ("https://user:pw@example.com/a.wav", "user name or password"),
     ("example.com/a.wav", "without a scheme"),
 ]
@@ -236,6 +237,20 @@ def test_ssrf_refused_without_connecting(url: str, reason: str, tmp_path: Path, 
     assert err.value.field == "audio_url"
     assert connects == []
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("port", [80, 8080, 8443])
+def test_check_url_allows_https_on_443_only(port: int, connects: list[object]) -> None:
+    strict = FetchPolicy(allow_http_hosts=frozenset(), max_bytes=5000, timeout_s=5.0)
+    with pytest.raises(FetchError, match=f"callback_url: port {port} is not allowed .*use the standard https port 443"):
+        check_url(f"https://example.com:{port}/hook", strict, field="callback_url")
+    assert connects == []
+
+
+def test_check_url_lets_an_allow_listed_host_use_port_80() -> None:
+    internal = FetchPolicy(allow_http_hosts=frozenset({"minio.internal"}), max_bytes=5000, timeout_s=5.0)
+    check_url("https://minio.internal:80/bucket/a.wav", internal, field="audio_url")
+    check_url("http://minio.internal/bucket/a.wav", internal, field="audio_url")
 
 
 def test_hostname_resolving_to_loopback_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

@@ -64,12 +64,42 @@ def test_up_is_ready_within_ten_seconds_and_ctrl_c_stops_everything(tmp_path: Pa
     assert not port_open(api_port) and not port_open(redis_port), "Ctrl-C must stop the API and Redis"
 
 
+def test_up_on_a_taken_port_names_its_holder_and_starts_nothing(tmp_path: Path, settings: EngineSettings) -> None:
+    env = stack_env(tmp_path, settings)
+    redis_port = int(env["BRIDGE_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(env["BRIDGE_PORT"])))
+        holder.listen()
+        run = subprocess.run([sys.executable, "-m", "bridge", "up"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert run.returncode == 1
+    assert "bridge up on" not in run.stdout, "nothing may be announced on a port another program holds"
+    assert f"error: port {env['BRIDGE_PORT']} is already in use by pid {os.getpid()} (" in run.stderr
+    assert "set BRIDGE_PORT to a free port" in run.stderr
+    assert not port_open(redis_port) and not (tmp_path / "bridge" / "logs").exists(), "nothing may be started"
+
+
+def test_demo_on_a_taken_port_says_so_before_starting_a_bridge(tmp_path: Path, settings: EngineSettings) -> None:
+    env = stack_env(tmp_path, settings)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(env["BRIDGE_PORT"])))
+        holder.listen()
+        run = subprocess.run([sys.executable, "scripts/demo.py", "--text", "Hi."], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert f"make demo starts its own bridge, but port {env['BRIDGE_PORT']} is already in use by pid " in run.stderr
+    assert not (tmp_path / "bridge" / "keys.json").exists(), "no key may be created for a bridge never started"
+
+
 def test_demo_drives_the_dify_plugin_through_the_bridge(tmp_path: Path, settings: EngineSettings) -> None:
     out = tmp_path / "demo.mp4"
+    env = stack_env(tmp_path, settings)
     run = subprocess.run([sys.executable, "scripts/demo.py", "--text", "Hello from the bridge.", "--avatar",
-                          "astronaut-photo", "--out", str(out)], cwd=REPO, env=stack_env(tmp_path, settings),
+                          "astronaut-photo", "--out", str(out)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert f"bridge: http://127.0.0.1:{env['BRIDGE_PORT']}, started by this demo (python -m bridge up, pid " \
+        in run.stderr, "the demo must say which bridge it talks to"
     assert "plugin: credentials accepted" in run.stderr and "Talking head video" in run.stderr
     assert f"{out}  (" in run.stdout and "/files/" in run.stdout and "video/mp4" in run.stdout
     assert "sig=" not in run.stdout, "a signed link is a credential: never printed whole"
