@@ -27,8 +27,10 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 
 from bridge.auth import mint_token
+from bridge.keys import parse_api_key
 from bridge.settings import BridgeSettings
 from engine import EngineSettings
+from tests.standins.render_gate import RenderGate
 
 REPO = Path(__file__).resolve().parent.parent
 AUD, ISS = "talking-head-bridge", "talking-head-dify-plugin"
@@ -44,6 +46,11 @@ class Bridge:
     settings: BridgeSettings
     engine_settings: EngineSettings
     api_key: str
+
+    @property
+    def kid(self) -> str:
+        """The id of ``api_key``: with a sub, the owner of the jobs this bridge's tokens submit."""
+        return parse_api_key(self.api_key)[0]
 
     def token(self, sub: str = "tenant-a", scopes: list[str] | None = None) -> str:
         return mint_token(self.api_key, sub, RW if scopes is None else scopes, AUD, ISS)
@@ -97,8 +104,10 @@ def settings_env(**overrides: Any) -> dict[str, str]:
 
 @contextlib.contextmanager
 def bridge_with_worker(root: Path, redis_url: str, engine_root: Path, log_dir: Path | None = None,
-                       **overrides: Any) -> Iterator[Bridge]:
-    """The API in-process (test client) and one real worker subprocess, sharing settings, table and storage."""
+                       gate: RenderGate | None = None, **overrides: Any) -> Iterator[Bridge]:
+    """The API in-process (test client) and one real worker subprocess, sharing settings, table and storage.
+
+    With ``gate``, the worker is tests/standins/render_gate.py: its renders can be held mid-render."""
     from bridge.app import create_app
     from bridge.keys import KeyStore
 
@@ -107,7 +116,8 @@ def bridge_with_worker(root: Path, redis_url: str, engine_root: Path, log_dir: P
     app = create_app(settings, engine_settings=engine_settings)  # creates the tables before the worker starts
     api_key = KeyStore(settings.keys_path).create()
     log = (log_dir or root) / "worker.log"
-    with run_bridge_worker(worker_env(settings, engine_root, **settings_env(**overrides)), log, REPO):
+    env = worker_env(settings, engine_root, **settings_env(**overrides), **(gate.env if gate else {}))
+    with run_bridge_worker(env, log, REPO, module="tests.standins.render_gate" if gate else "bridge"):
         yield Bridge(app, app.test_client(), settings, engine_settings, api_key)
 
 

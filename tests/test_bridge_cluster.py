@@ -8,7 +8,9 @@ from the ``api`` host, as the Dify plugin daemon would from its own network.
 
 A worker host that loses power cannot be told apart from a slow one by a process check (it is another
 host), so its job comes back only through the lease: the workers run with a 6 s lease, renewed every
-second, and a 1 s reaper, instead of the production 30 s, 5 s and 10 s.
+second, and a 1 s reaper, instead of the production 30 s, 5 s and 10 s. The workers are real workers whose
+renders a test can hold at lip-sync (tests/standins/render_gate.py), so "mid-job" never depends on how fast
+the machine renders.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from tests.bridge_fixtures import (
 from tests.conftest import ffprobe
 from tests.netns import Host, segment
 from tests.pg_fixture import PostgresServer, run_postgres
+from tests.standins.render_gate import RenderGate
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +59,7 @@ AVATAR = "astronaut-photo"
 API_PORT, REDIS_PORT, POSTGRES_PORT = 8808, 6379, 5432
 LEASE = {"BRIDGE_JOB_LEASE_S": "6", "BRIDGE_JOB_HEARTBEAT_S": "1", "BRIDGE_REAPER_INTERVAL_S": "1",
          "BRIDGE_WORKER_HEARTBEAT_S": "1"}
-LONG = ("This sentence is long on purpose, so that the render is still going when its worker's host loses "
-        "power. It keeps talking about nothing in particular for a while: the weather, the traffic on the way "
-        "in, the coffee machine on the third floor, and the plants by the window that nobody waters. Then it "
-        "thanks everyone for listening, wishes them a pleasant afternoon, and finally says goodbye.")
+SENTENCE = "This job is held mid-render while the test breaks something."
 WORKERS = ("worker-1", "worker-2")
 
 
@@ -74,6 +74,7 @@ class Cluster:
     secrets: list[str]
     """The PostgreSQL and Redis passwords, which no log may show."""
     postgres: PostgresServer
+    gate: RenderGate
 
     @property
     def api(self) -> Host:
@@ -141,16 +142,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, storage: Path) -> Iterator
         postgres = stack.enter_context(run_postgres(data.ip, POSTGRES_PORT, prefix=data.command([])))
         database = postgres.create_database("bridge")
         api_key = KeyStore(shared / "keys.json").create()
+        gate = RenderGate(tmp_path_factory.mktemp("gate"))
         env = _env(BRIDGE_STORAGE_ROOT=str(shared), BRIDGE_DATABASE_URL=database, BRIDGE_MIN_FREE_BYTES="0",
                    BRIDGE_REDIS_URL=redis_url, ENGINE_STORAGE_ROOT=str(storage))
         api = hosts["api"]
         base = stack.enter_context(run_bridge_serve(env, logs / "api.log", port=API_PORT, host=api.ip,
                                                     prefix=api.command([]), probe=partial(api.call, answers)))
-        workers = {name: stack.enter_context(run_bridge_worker(env, logs / f"{name}.log", REPO,
+        workers = {name: stack.enter_context(run_bridge_worker({**env, **gate.env}, logs / f"{name}.log", REPO,
+                                                               module="tests.standins.render_gate",
                                                                prefix=hosts[name].command([])))
                    for name in WORKERS}
         yield Cluster(hosts, base, api_key, Storage(shared), workers, sorted(logs.glob("*.log")),
-                      [postgres.password, redis_password], postgres)
+                      [postgres.password, redis_password], postgres, gate)
 
 
 def test_each_host_has_its_own_network(cluster: Cluster) -> None:
@@ -190,14 +193,18 @@ def test_jobs_spread_over_both_hosts_each_written_once_and_links_work(cluster: C
 
 
 def test_the_job_table_server_restarting_mid_job_loses_nothing(cluster: Cluster) -> None:
-    job_id = cluster.submit(LONG)
-    cluster.wait(job_id, until=frozenset({"running"}), stage="lipsync")
-    cluster.postgres.stop()  # every open session is cut: the API's, the workers' and their lease threads'
-    during = cluster.request("GET", f"/v1/jobs/{job_id}")
-    assert during.status_code == 503 and during.headers["Content-Type"] == "application/problem+json", during.text
-    assert "job table" in during.json()["detail"] and during.headers["Retry-After"]
-    time.sleep(0.5)
-    cluster.postgres.start()  # back within the lease: the render rides it out, nobody re-renders
+    with cluster.gate.armed() as arming:
+        job_id = cluster.submit(SENTENCE)
+        cluster.wait(job_id, until=frozenset({"running"}), stage="lipsync")  # held there until the gate opens
+        arming.disarm()
+        cluster.postgres.stop()  # every open session is cut: the API's, the workers' and their lease threads'
+        during = cluster.request("GET", f"/v1/jobs/{job_id}")
+        assert during.status_code == 503 and during.headers["Content-Type"] == "application/problem+json", \
+            during.text
+        assert "job table" in during.json()["detail"] and during.headers["Retry-After"]
+        arming.open()  # the render goes on while the table is away
+        time.sleep(0.5)
+        cluster.postgres.start()  # back within the lease: the render rides it out, nobody re-renders
     done = cluster.wait(job_id)
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert sum(len(attempts) for attempts in cluster.starts(job_id).values()) == 1
@@ -207,14 +214,16 @@ def test_the_job_table_server_restarting_mid_job_loses_nothing(cluster: Cluster)
 
 
 def test_a_worker_host_losing_power_mid_job_hands_its_job_to_the_other(cluster: Cluster) -> None:
-    first, second = cluster.submit(LONG), cluster.submit(LONG)
-    cluster.wait(first, until=frozenset({"running"}), stage="lipsync")
-    cluster.wait(second, until=frozenset({"running"}))
-    owner = next(name for name, attempts in cluster.starts(first).items() if attempts == [1])
-    survivor = next(name for name in WORKERS if name != owner)
-    assert cluster.starts(second)[survivor] == [1], "both jobs went to one host"
-    killed = cluster.hosts[owner].power_off()
-    assert cluster.workers[owner].process.pid in killed
+    with cluster.gate.armed() as arming:
+        first, second = cluster.submit(SENTENCE), cluster.submit(SENTENCE)
+        for job_id in (first, second):  # both held mid-render, so each host has one
+            cluster.wait(job_id, until=frozenset({"running"}), stage="lipsync")
+        arming.disarm()  # the rerun renders straight through
+        owner = next(name for name, attempts in cluster.starts(first).items() if attempts == [1])
+        survivor = next(name for name in WORKERS if name != owner)
+        assert cluster.starts(second)[survivor] == [1], "both jobs went to one host"
+        killed = cluster.hosts[owner].power_off()
+        assert cluster.workers[owner].process.pid in killed
 
     done = {job_id: cluster.wait(job_id) for job_id in (first, second)}
     assert done[second]["status"] == "succeeded" and done[second]["attempts"] == 1, done[second]

@@ -1,6 +1,7 @@
 """Faults, each injected for real, each with "nothing lost" checked: a full disk (a small tmpfs), a damaged
 avatar template discovered mid-render, the API restarted mid-job, Redis restarted with jobs queued and
-running, and the object store unreachable during upload.
+running, and the object store unreachable during upload. Where the fault must strike mid-render, the render
+is held at lip-sync (tests/standins/render_gate.py) until the fault is in place, whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tests.bridge_fixtures import (
     worker_env,
 )
 from tests.s3_fixture import S3Server, run_radosgw
+from tests.standins.render_gate import RenderGate
 
 pytestmark = pytest.mark.slow
 PHOTO = "astronaut-photo"
@@ -101,26 +103,28 @@ def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(api_key, 'tenant-a', sorted(SCOPES), AUD, ISS)}"}
 
 
-def _poll(base: str, api_key: str, job_id: str, until: frozenset[str]) -> dict[str, Any]:
+def _poll(base: str, api_key: str, job_id: str, until: frozenset[str], stage: str | None = None) -> dict[str, Any]:
     def fetch() -> dict[str, Any] | None:  # None while the API is down or still booting
         try:
             return dict(requests.get(f"{base}/v1/jobs/{job_id}", headers=_headers(api_key), timeout=10).json())
         except requests.RequestException:
             return None
 
-    return poll_job(job_id, fetch, until, timeout_s=90)
+    return poll_job(job_id, fetch, until, stage, timeout_s=90)
 
 
 def test_restarting_the_api_mid_job_loses_nothing(tmp_path: Path, redis_server: RedisServer, storage: Path) -> None:
     root = tmp_path / "bridge"
-    with bridge_with_worker(root, redis_server.url, storage, **FAST) as bridge:
+    gate = RenderGate(tmp_path / "gate")
+    with bridge_with_worker(root, redis_server.url, storage, gate=gate, **FAST) as bridge, gate.armed() as arming:
         env = worker_env(bridge.settings, storage, **settings_env(**FAST))
         port = free_port()
         with run_bridge_serve(env, root / "serve-1.log", port=port) as base:
             reply = requests.post(f"{base}/v1/jobs", json={"text": TEXT, "avatar_id": "astronaut"},
                                   headers=_headers(bridge.api_key), timeout=30)
             job_id = reply.json()["id"]
-            _poll(base, bridge.api_key, job_id, frozenset({"running"}))
+            _poll(base, bridge.api_key, job_id, frozenset({"running"}), stage="lipsync")  # held there
+        arming.open()  # the render goes on while no API runs
         with run_bridge_serve(env, root / "serve-2.log", port=port) as base:  # same address, new process
             done = _poll(base, bridge.api_key, job_id, FINAL)
             assert done["status"] == "succeeded" and done["attempts"] == 1, done
@@ -132,12 +136,16 @@ def test_restarting_redis_with_jobs_queued_and_running_loses_none(tmp_path: Path
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
     port = free_port()
+    gate = RenderGate(tmp_path / "gate")
     with run_redis_server(redis_dir, port=port, appendonly=True) as server, \
-            bridge_with_worker(tmp_path / "bridge", server.url, storage, **FAST) as bridge:
+            bridge_with_worker(tmp_path / "bridge", server.url, storage, gate=gate, **FAST) as bridge, \
+            gate.armed() as arming:
         jobs = [bridge.submit({"text": f"{TEXT} Number {n}.", "avatar_id": PHOTO}).get_json()["id"] for n in range(3)]
-        bridge.wait(jobs[0], until=frozenset({"running"}))
+        poll_job(jobs[0], lambda: bridge.get(jobs[0]).get_json(), frozenset({"running"}), "lipsync")  # held there
+        arming.disarm()
         server.process.terminate()
         server.process.wait(timeout=10)
+        arming.open()  # the render goes on without Redis
         time.sleep(1.0)  # the worker and the API lose Redis for a moment
         with run_redis_server(redis_dir, port=port, appendonly=True):
             done = [bridge.wait(job_id, timeout_s=120) for job_id in jobs]

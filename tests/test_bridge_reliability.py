@@ -1,7 +1,8 @@
 """No job is lost: real redis-server, real ``python -m bridge worker`` processes, killed the hard way.
 
 Workers run with a short lease (2 s) and reaper interval (0.5 s) so a dead worker is noticed within
-seconds instead of the production default of half a minute.
+seconds instead of the production default of half a minute. A test that strikes mid-render holds the
+render at lip-sync with tests/standins/render_gate.py, so it never depends on how fast the machine renders.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 import pytest
 
 from bridge.app import create_app
-from bridge.db import Database
+from bridge.db import Database, Owner
 from bridge.keys import KeyStore
-from bridge.reaper import Reaper
+from bridge.reaper import BrokerMessages, Reaper
 from bridge.settings import BridgeSettings
 from bridge.storage import Storage
 from bridge.tasks import make_celery, publish
@@ -37,19 +38,18 @@ from tests.bridge_fixtures import (
     worker_children,
     worker_env,
 )
+from tests.standins.render_gate import RenderGate
 
 AVATAR = "astronaut-photo"
 FAST_REAPER = {"job_lease_s": 2.0, "job_heartbeat_s": 0.4, "reaper_interval_s": 0.5}
 SHORT = "Hello there, this is a short one."
-LONG = ("This sentence is long on purpose, so that the render is still going when the test pulls the plug "
-        "on its worker. It keeps talking about nothing in particular for quite a while, and then it says "
-        "goodbye, thank you, and have a good day.")
 
 pytestmark = pytest.mark.slow
 
 
-def _env(settings: BridgeSettings, storage: Path) -> dict[str, str]:
-    return worker_env(settings, storage, **{f"BRIDGE_{k.upper()}": str(v) for k, v in FAST_REAPER.items()})
+def _env(settings: BridgeSettings, storage: Path, gate: RenderGate | None) -> dict[str, str]:
+    return worker_env(settings, storage, **{f"BRIDGE_{k.upper()}": str(v) for k, v in FAST_REAPER.items()},
+                      **(gate.env if gate else {}))
 
 
 def _bridge(root: Path, redis_url: str, storage: Path) -> Bridge:
@@ -66,9 +66,12 @@ def _stack(tmp_path: Path, storage: Path) -> Iterator[tuple[RedisServer, Bridge]
 
 
 @contextlib.contextmanager
-def _worker(bridge: Bridge, storage: Path, name: str, module: str = "bridge") -> Iterator[BridgeWorker]:
+def _worker(bridge: Bridge, storage: Path, name: str, module: str = "bridge",
+            gate: RenderGate | None = None) -> Iterator[BridgeWorker]:
+    """A real worker; with ``gate``, one whose renders the gate can hold at lip-sync."""
     log = bridge.settings.storage_root / f"{name}.log"
-    with run_bridge_worker(_env(bridge.settings, storage), log, REPO, module=module) as worker:
+    module = "tests.standins.render_gate" if gate else module
+    with run_bridge_worker(_env(bridge.settings, storage, gate), log, REPO, module=module) as worker:
         yield worker
 
 
@@ -79,7 +82,7 @@ def _submit(bridge: Bridge, text: str) -> str:
 
 
 def _wait_rendering(bridge: Bridge, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Until the worker is inside the lip-sync loop, i.e. really mid-job."""
+    """Until the worker is inside the lip-sync loop, i.e. really mid-job (held there while the gate is armed)."""
     deadline = time.monotonic() + timeout_s
     while True:
         body = bridge.get(job_id).get_json()
@@ -101,9 +104,13 @@ def _assert_one_clean_output(bridge: Bridge, job_id: str) -> None:
 
 
 def test_two_workers_render_two_jobs_at_the_same_time(tmp_path: Path, storage: Path) -> None:
-    with _stack(tmp_path, storage) as (_, bridge), _worker(bridge, storage, "w1") as w1, \
-            _worker(bridge, storage, "w2") as w2:
-        jobs = [_submit(bridge, LONG), _submit(bridge, LONG)]
+    gate = RenderGate(tmp_path / "gate")
+    with _stack(tmp_path, storage) as (_, bridge), _worker(bridge, storage, "w1", gate=gate) as w1, \
+            _worker(bridge, storage, "w2", gate=gate) as w2:
+        with gate.armed():
+            jobs = [_submit(bridge, SHORT), _submit(bridge, SHORT)]
+            for job_id in jobs:  # both held mid-render at once: only two workers rendering side by side get here
+                _wait_rendering(bridge, job_id)
         done = [bridge.wait(job_id) for job_id in jobs]
         assert [d["status"] for d in done] == ["succeeded", "succeeded"], done
         a, b = done
@@ -113,9 +120,10 @@ def test_two_workers_render_two_jobs_at_the_same_time(tmp_path: Path, storage: P
 
 
 def test_kill_9_of_a_whole_worker_mid_job_reruns_it_once(tmp_path: Path, storage: Path) -> None:
+    gate = RenderGate(tmp_path / "gate")
     with _stack(tmp_path, storage) as (_, bridge):
-        with _worker(bridge, storage, "doomed") as doomed:
-            job_id = _submit(bridge, LONG)
+        with _worker(bridge, storage, "doomed", gate=gate) as doomed, gate.armed():
+            job_id = _submit(bridge, SHORT)
             _wait_rendering(bridge, job_id)
             kill_hard(doomed)  # main process and render child: the message stays unacked in Redis
         assert bridge.get(job_id).get_json()["status"] == "running"
@@ -138,11 +146,14 @@ def test_kill_9_of_a_whole_worker_mid_job_reruns_it_once(tmp_path: Path, storage
 
 
 def test_kill_9_of_the_render_process_retries_at_once(tmp_path: Path, storage: Path) -> None:
-    with _stack(tmp_path, storage) as (_, bridge), _worker(bridge, storage, "w") as worker:
-        job_id = _submit(bridge, LONG)
-        _wait_rendering(bridge, job_id)
-        [child] = worker_children(worker)
-        os.kill(child, signal.SIGKILL)  # the OOM killer's way; Celery's main process survives
+    gate = RenderGate(tmp_path / "gate")
+    with _stack(tmp_path, storage) as (_, bridge), _worker(bridge, storage, "w", gate=gate) as worker:
+        with gate.armed() as arming:
+            job_id = _submit(bridge, SHORT)
+            _wait_rendering(bridge, job_id)
+            arming.disarm()  # the retry renders straight through
+            [child] = worker_children(worker)
+            os.kill(child, signal.SIGKILL)  # the OOM killer's way; Celery's main process survives
         done = bridge.wait(job_id)
         assert done["status"] == "succeeded" and done["attempts"] == 2, done
         assert started_attempts(worker.log, job_id) == [1, 2]
@@ -172,8 +183,8 @@ def test_restarting_redis_and_the_api_with_queued_jobs_loses_none(tmp_path: Path
         queued = [_submit(bridge, f"Queued job number {n}.") for n in range(3)]
     assert bridge.submit({"text": "Submitted while Redis is down.", "avatar_id": AVATAR}).status_code == 503
     # What a publish that failed after the row was written leaves behind: a queued row with no message.
-    row, _ = bridge.app.extensions["bridge"].db.create_job("tenant-a", {"text": "Never published.",
-                                                                        "avatar_id": AVATAR})
+    row, _ = bridge.app.extensions["bridge"].db.create_job(Owner(bridge.kid, "tenant-a"),
+                                                            {"text": "Never published.", "avatar_id": AVATAR})
     orphan = row.id
     with run_redis_server(redis_dir, port=port, appendonly=True) as server:
         restarted = _bridge(root, server.url, storage)  # a new API process over the same table
@@ -200,11 +211,11 @@ def test_jobs_whose_messages_redis_forgot_are_published_again(tmp_path: Path, st
 def test_each_queues_reaper_republishes_only_its_own_jobs(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'queues.db'}")
     db.create_all()
-    mine, _ = db.create_job("t", {"text": "a", "avatar_id": AVATAR}, queue="render")
-    theirs, _ = db.create_job("t", {"text": "b", "avatar_id": AVATAR}, queue="gpu-large")
+    mine, _ = db.create_job(Owner("k", "t"), {"text": "a", "avatar_id": AVATAR}, queue="render")
+    theirs, _ = db.create_job(Owner("k", "t"), {"text": "b", "avatar_id": AVATAR}, queue="gpu-large")
     published: list[str] = []
-    reaper = Reaper(db, "render", published.append, max_attempts=3, in_broker=lambda: [], grace_s=0.0)
+    reaper = Reaper(db, "render", published.append, max_attempts=3, in_broker=BrokerMessages, grace_s=0.0)
     assert reaper.sweep().published == [mine.id] and published == [mine.id]
     other: list[str] = []
-    Reaper(db, "gpu-large", other.append, max_attempts=3, in_broker=lambda: [], grace_s=0.0).sweep()
+    Reaper(db, "gpu-large", other.append, max_attempts=3, in_broker=BrokerMessages, grace_s=0.0).sweep()
     assert other == [theirs.id]
