@@ -62,6 +62,8 @@ test: setup
 bench: setup
 	$(PY) tests/bench/engine_bench.py
 	$(PY) tests/bench/bridge_bench.py 2>/dev/null
+	$(PY) tests/bench/edge_bench.py 2>/dev/null
+	$(PY) tests/bench/intake_bench.py 2>/dev/null
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -28,6 +28,7 @@ SCOPES = frozenset({"jobs:write", "jobs:read", "avatars:write"})
 """Scopes the bridge knows about; tokens carry them space-separated in the ``scope`` claim (RFC 8693 §4.2)."""
 MAX_TOKEN_CHARS = 4096
 MAX_JTI_CHARS = 128
+MAX_SUB_CHARS = 255
 _ALLOWED_HEADERS = frozenset({"alg", "typ", "kid"})
 
 
@@ -120,6 +121,7 @@ def verify_token(token: str, keys: KeyStore, settings: BridgeSettings, replay_st
     jti = payload["jti"]
     if not jti or len(jti) > MAX_JTI_CHARS:
         raise AuthError(f"jti claim must be 1 to {MAX_JTI_CHARS} characters")
+    check_sub(payload["sub"])
 
     if not replay_store.claim(jti, expires_at + settings.jwt_leeway_s):
         raise AuthError("token replayed: its jti has already been used", "replayed")
@@ -132,6 +134,18 @@ def verify_token(token: str, keys: KeyStore, settings: BridgeSettings, replay_st
         issued_at=issued_at,
         expires_at=expires_at,
     )
+
+
+def check_sub(sub: object) -> str:
+    """``sub`` names the end user within the key's tenant: 1-255 printable characters, so it can be stored,
+    logged and compared as is (a NUL or a control character would be refused by the database, or forge log lines).
+    """
+    if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUB_CHARS:
+        raise AuthError(f"sub claim must be a string of 1 to {MAX_SUB_CHARS} characters", "invalid_sub")
+    if not sub.isprintable():
+        raise AuthError("sub claim must contain only printable characters (no NUL, control or line-break "
+                        "characters)", "invalid_sub")
+    return sub
 
 
 def _is_admin(keys: KeyStore, kid: str) -> bool:

@@ -84,7 +84,7 @@ def _worker(settings: BridgeSettings) -> int:
     from bridge.links import link_minter, object_store
     from bridge.logs import configure_logging
     from bridge.metrics import Heartbeat
-    from bridge.reaper import Reaper, ReaperThread, broker_job_ids
+    from bridge.reaper import Reaper, ReaperThread, broker_messages
     from bridge.retention import Retention
     from bridge.storage import Storage
     from bridge.tasks import make_celery, publish
@@ -99,7 +99,7 @@ def _worker(settings: BridgeSettings) -> int:
     env_keys = parse_env_keys(key.get_secret_value() for key in settings.api_keys)
     reaper = ReaperThread([
         Reaper(database, settings.queue, lambda job_id: publish(app, settings.queue, job_id), settings.job_max_attempts,
-               lambda: broker_job_ids(broker, settings.queue), grace_s=max(2 * settings.reaper_interval_s, 1.0)).sweep,
+               lambda: broker_messages(broker, settings.queue), grace_s=max(2 * settings.reaper_interval_s, 1.0)).sweep,
         Notifier(database, links, KeyStore(settings.keys_path, env_keys), fetch_policy(settings),
                  settings.callback_max_attempts, settings.callback_backoff_s).sweep,
         Retention(database, Storage(settings.storage_root), store, settings.retention_s).sweep,

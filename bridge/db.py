@@ -6,6 +6,7 @@ Every state change a worker makes is a compare-and-set on ``attempts``, so a red
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
+    Index,
     Integer,
     String,
     Text,
@@ -73,10 +76,17 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("sub", "idempotency_key", name="uq_jobs_sub_idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("sub", "idempotency_key", name="uq_jobs_sub_idempotency_key"),
+        Index("ix_jobs_owner", "kid", "sub", "created_at"),
+        Index("ix_jobs_kid_started", "kid", "started_at"),
+        Index("ix_jobs_status_queue", "status", "queue"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     sub: Mapped[str] = mapped_column(String(255), index=True)
+    kid: Mapped[str | None] = mapped_column(String(16), default=None)
+    """The API key that submitted the job. The owner is (kid, sub): any key holder can mint any ``sub``."""
     status: Mapped[str] = mapped_column(String(16), default="queued")
     stage: Mapped[str | None] = mapped_column(String(32), default=None)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
@@ -86,6 +96,7 @@ class Job(Base):
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    """``scoped_idempotency_key(kid, key)``: with ``sub`` in the unique constraint, a key is scoped to its owner."""
     request_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -112,15 +123,25 @@ class Job(Base):
     callback_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     """When retention deleted the job's files."""
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=0)
+    """Bytes the job keeps in storage (its input, then its outputs) until retention: the key's storage quota."""
 
 
 class AvatarRow(Base):
-    """Who owns an avatar made through the API. Avatars without a row (samples, CLI-made) are shared."""
+    """Who owns an avatar made through the API. Avatars without a row (samples, CLI-made) are shared.
+
+    An avatar belongs to the API key (``kid``), not to the ``sub`` that made it: a Dify workspace holds one
+    key, and an avatar made there serves every app and end user of the workspace. ``sub`` records who made it.
+    """
 
     __tablename__ = "avatars"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     sub: Mapped[str] = mapped_column(String(255), index=True)
+    kid: Mapped[str | None] = mapped_column(String(16), default=None, index=True)
+    """The owning API key; rows from before keys owned avatars have none and only admin keys see them."""
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=0)
+    """Size of the preprocessed avatar in the engine's store, once ready (the key's storage quota)."""
     name: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default="processing")
     """``processing``, ``ready`` or ``failed``."""
@@ -134,6 +155,42 @@ class Page:
     jobs: list[Job]
     next_after: tuple[datetime, str] | None
     """(created_at, id) of the last job when more may follow; the API turns it into an opaque cursor."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who a job belongs to: the API key and the ``sub`` its token named. Neither alone identifies a caller."""
+
+    kid: str | None
+    sub: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Per-key limits checked in the same transaction as the insert (0: no limit)."""
+
+    active_jobs: int = 0
+    """Queued plus running jobs."""
+    avatars: int = 0
+    """Avatars that are processing or ready."""
+    stored_bytes: int = 0
+    """Inputs and outputs of jobs not yet purged, plus preprocessed avatars."""
+
+
+class QuotaExceeded(Exception):
+    """An insert would take a key past one of its limits; nothing was written. ``used``: before the insert."""
+
+    def __init__(self, what: str, limit: int, used: int) -> None:
+        super().__init__(f"{what}: {used} of {limit}")
+        self.what, self.limit, self.used = what, limit, used
+
+
+def scoped_idempotency_key(kid: str | None, key: str) -> str:
+    """What the table stores for a client's Idempotency-Key: bound to the API key, fixed length.
+
+    The unique constraint is on (sub, this), so the same key under two API keys (or two subs) makes two jobs.
+    """
+    return hashlib.sha256(f"{kid or ''}\0{key}".encode()).hexdigest()
 
 
 class IdempotencyConflict(Exception):
@@ -164,7 +221,8 @@ class Database:
         self.url = url
         server = not url.startswith("sqlite")
         # pre_ping: connections a database restart cut are replaced on checkout instead of failing a request
-        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=server)
+        # hide_parameters: an error's text (logged with its traceback) never carries user strings such as URLs
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=server, hide_parameters=True)
         if not server:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
@@ -174,20 +232,33 @@ class Database:
 
         Safe when several processes start at once: losing the race to create a table is not an error.
         """
-        try:
-            Base.metadata.create_all(self.engine)
-        except (OperationalError, ProgrammingError, IntegrityError) as exc:
-            if "already exists" not in str(exc) and "duplicate" not in str(exc).lower():
-                raise
-            Base.metadata.create_all(self.engine)  # the other process made some; make the rest
-        present = {column["name"] for column in inspect(self.engine).get_columns(Job.__tablename__)}
-        with self.engine.begin() as connection:
-            for column in Job.__table__.columns:
-                if column.name not in present and column.nullable:
-                    kind = column.type.compile(self.engine.dialect)
-                    connection.execute(text(f'ALTER TABLE {Job.__tablename__} ADD COLUMN "{column.name}" {kind}'))
-                    if column.name == "kind":
-                        connection.execute(text(f"UPDATE {Job.__tablename__} SET kind = 'render'"))
+        for step in (Base.metadata.create_all, self._upgrade):
+            try:
+                step(self.engine)
+            except (OperationalError, ProgrammingError, IntegrityError) as exc:
+                if "already exists" not in str(exc) and "duplicate" not in str(exc).lower():
+                    raise
+                step(self.engine)  # another process made some of it first; make the rest
+
+    @staticmethod
+    def _upgrade(engine: Engine) -> None:
+        """Columns and indexes a newer bridge added to tables an older one created, and their backfills."""
+        added: set[str] = set()
+        with engine.begin() as connection:
+            for table in (Job.__table__, AvatarRow.__table__):
+                present = {column["name"] for column in inspect(connection).get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present and column.nullable:
+                        kind = column.type.compile(engine.dialect)
+                        connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                        added.add(f"{table.name}.{column.name}")
+            if "jobs.kind" in added:
+                connection.execute(update(Job).values(kind="render"))
+            if "jobs.kid" in added:  # render jobs always recorded their key in the inputs
+                connection.execute(update(Job).where(Job.kid.is_(None)).values(kid=Job.inputs["kid"].as_string()))
+            for table in (Job.__table__, AvatarRow.__table__):
+                for index in table.indexes:
+                    index.create(connection, checkfirst=True)
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
@@ -200,37 +271,87 @@ class Database:
         return self._session()
 
     def create_job(
-        self, sub: str, inputs: dict[str, Any], *, idempotency_key: str | None = None,
+        self, owner: Owner, inputs: dict[str, Any], *, idempotency_key: str | None = None,
         fingerprint: str | None = None, kind: str = "render", callback_url: str | None = None,
         avatar: tuple[str, str] | None = None, job_id: str | None = None, queue: str | None = None,
+        stored_bytes: int = 0, quota: Quota | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job; returns (job, created). An existing job under the same key is returned as is.
 
-        Raises IdempotencyConflict when the key was used with a different fingerprint.
+        Raises IdempotencyConflict when the key was used with a different fingerprint, QuotaExceeded when
+        the insert would take the owner's key past ``quota`` (checked in the same transaction, so concurrent
+        submits cannot overshoot it).
         """
-        if idempotency_key is not None:
-            existing = self._by_key(sub, idempotency_key)
+        scoped = None if idempotency_key is None else scoped_idempotency_key(owner.kid, idempotency_key)
+        if scoped is not None:
+            existing = self._by_key(owner, scoped)
             if existing is not None:
                 return self._same_request(existing, fingerprint), False
         now = utcnow()
-        job = Job(id=job_id or new_job_id(), sub=sub, status="queued", stage=None, progress=0.0, attempts=0,
-                  inputs=inputs, outputs=[], idempotency_key=idempotency_key, request_fingerprint=fingerprint,
+        job = Job(id=job_id or new_job_id(), sub=owner.sub, kid=owner.kid, status="queued", stage=None, progress=0.0,
+                  attempts=0, inputs=inputs, outputs=[], idempotency_key=scoped, request_fingerprint=fingerprint,
                   created_at=now, updated_at=now, kind=kind, callback_url=callback_url, callback_attempts=0,
-                  queue=queue)
+                  queue=queue, stored_bytes=stored_bytes)
         try:
             with self.session() as session, session.begin():
+                if quota is not None and owner.kid is not None:
+                    self._lock_key(session, owner.kid)
                 session.add(job)
-                if avatar is not None:  # (avatar id, name): the avatar an avatar job makes, owned by sub
-                    session.add(AvatarRow(id=avatar[0], sub=sub, name=avatar[1], status="processing",
-                                          job_id=job.id, created_at=now))
+                if avatar is not None:  # (avatar id, name): the avatar an avatar job makes, owned by the key
+                    session.add(AvatarRow(id=avatar[0], sub=owner.sub, kid=owner.kid, name=avatar[1],
+                                          status="processing", job_id=job.id, created_at=now, stored_bytes=0))
+                session.flush()  # on SQLite the insert takes the write lock, so the counts below are current
+                if quota is not None and owner.kid is not None:
+                    adding = {"active_jobs": 1, "avatars": int(avatar is not None), "stored_bytes": stored_bytes}
+                    self._check_quota(session, owner.kid, quota, adding)
         except IntegrityError:
-            if idempotency_key is None:
+            if scoped is None:
                 raise
-            existing = self._by_key(sub, idempotency_key)  # lost a race with the same key
+            existing = self._by_key(owner, scoped)  # lost a race with the same key
             if existing is None:
                 raise
             return self._same_request(existing, fingerprint), False
         return job, True
+
+    @staticmethod
+    def _lock_key(session: Session, kid: str) -> None:
+        """Serialise quota checks per key on PostgreSQL (SQLite has one writer at a time anyway)."""
+        if session.get_bind().dialect.name == "postgresql":
+            number = int.from_bytes(hashlib.sha256(f"quota:{kid}".encode()).digest()[:8], "big", signed=True)
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": number})
+
+    def _check_quota(self, session: Session, kid: str, quota: Quota, adding: dict[str, int]) -> None:
+        """Raise QuotaExceeded when the counts, this insert included, pass a limit; ``used`` excludes the insert."""
+        usage = self._usage(session, kid)
+        for what, limit in (("active_jobs", quota.active_jobs), ("avatars", quota.avatars),
+                            ("stored_bytes", quota.stored_bytes)):
+            if limit and usage[what] > limit and (adding[what] or what == "stored_bytes"):
+                raise QuotaExceeded(what, limit, usage[what] - adding[what])
+
+    def usage(self, kid: str) -> dict[str, int]:
+        """What a key holds now: active jobs, avatars and stored bytes (the quantities ``Quota`` limits)."""
+        with self.session() as session:
+            return self._usage(session, kid)
+
+    @staticmethod
+    def _usage(session: Session, kid: str) -> dict[str, int]:
+        active = session.scalar(select(func.count()).select_from(Job).where(Job.kid == kid, Job.status.in_(ACTIVE)))
+        avatars = session.scalar(select(func.count()).select_from(AvatarRow).where(
+            AvatarRow.kid == kid, AvatarRow.status != "failed"))
+        job_bytes = session.scalar(select(func.coalesce(func.sum(Job.stored_bytes), 0)).where(
+            Job.kid == kid, Job.purged_at.is_(None)))
+        avatar_bytes = session.scalar(select(func.coalesce(func.sum(AvatarRow.stored_bytes), 0)).where(
+            AvatarRow.kid == kid))
+        return {"active_jobs": int(active or 0), "avatars": int(avatars or 0),
+                "stored_bytes": int(job_bytes or 0) + int(avatar_bytes or 0)}
+
+    def next_purge(self, kid: str, retention_s: float) -> datetime | None:
+        """When retention next frees some of the key's storage (its oldest finished, unpurged job)."""
+        with self.session() as session:
+            oldest = session.scalar(select(func.min(Job.finished_at)).where(
+                Job.kid == kid, Job.purged_at.is_(None), Job.finished_at.is_not(None)))
+        oldest = _aware(oldest)
+        return None if oldest is None else oldest + timedelta(seconds=retention_s)
 
     @staticmethod
     def _same_request(job: Job, fingerprint: str | None) -> Job:
@@ -238,21 +359,21 @@ class Database:
             raise IdempotencyConflict(job)
         return job
 
-    def _by_key(self, sub: str, key: str) -> Job | None:
+    def _by_key(self, owner: Owner, scoped_key: str) -> Job | None:
         with self.session() as session:
-            return session.scalars(select(Job).where(Job.sub == sub, Job.idempotency_key == key)).first()
+            return session.scalars(select(Job).where(Job.sub == owner.sub, Job.idempotency_key == scoped_key)).first()
 
-    def get_job(self, job_id: str, sub: str | None = None) -> Job | None:
-        """The job, or None when it does not exist or belongs to another sub (``sub=None``: any owner)."""
+    def get_job(self, job_id: str, owner: Owner | None = None) -> Job | None:
+        """The job, or None when it does not exist or belongs to another owner (``owner=None``: any owner)."""
         with self.session() as session:
             job = session.get(Job, job_id)
-        if job is None or (sub is not None and job.sub != sub):
+        if job is None or (owner is not None and (job.kid, job.sub) != (owner.kid, owner.sub)):
             return None
         return job
 
-    def list_jobs(self, sub: str, after: tuple[datetime, str] | None = None, limit: int = 20) -> Page:
-        """Newest first, keyset-paginated on (created_at, id) so inserts never shift a page."""
-        query = select(Job).where(Job.sub == sub)
+    def list_jobs(self, owner: Owner, after: tuple[datetime, str] | None = None, limit: int = 20) -> Page:
+        """The owner's jobs, newest first, keyset-paginated on (created_at, id) so inserts never shift a page."""
+        query = select(Job).where(Job.kid == owner.kid, Job.sub == owner.sub)
         if after is not None:
             created, job_id = after
             query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
@@ -299,6 +420,62 @@ class Database:
             )
         return attempt + 1 if result.rowcount == 1 else None  # type: ignore[attr-defined]
 
+    def claim_next(self, queue: str, owner: str, lease_s: float, tries: int = 20) -> Job | None:
+        """Claim the queued job of ``queue`` that is fairest to run next; None when none is queued.
+
+        Messages are turns, not tickets: whichever job a message names, the worker that takes it runs the job
+        whose owner waited longest for a turn. Keys come first (fewest running jobs, then served longest ago),
+        then the subs within a key by the same rule, then the oldest job of the chosen owner. So a key with 40
+        queued jobs shares the workers with a key that submits one: that one starts after at most one render.
+        Losing a race for a job to another worker just moves on to the next choice.
+        """
+        for _ in range(tries):
+            job = self._fairest_queued(queue)
+            if job is None:
+                return None
+            attempt = self.claim(job.id, job.attempts, owner, lease_s)
+            if attempt is not None:
+                return self.get_job(job.id)
+        return None
+
+    def _fairest_queued(self, queue: str) -> Job | None:
+        with self.session() as session:
+            heads = session.execute(select(Job.kid, Job.sub, func.min(Job.created_at)).where(
+                Job.status == "queued", _in_queue(queue)).group_by(Job.kid, Job.sub)).all()
+            if not heads:
+                return None
+            kids = {kid for kid, _, _ in heads}
+            running_by_owner = {(kid, sub): int(n) for kid, sub, n in session.execute(
+                select(Job.kid, Job.sub, func.count()).where(Job.status == "running", _in_queue(queue))
+                .group_by(Job.kid, Job.sub)).all()}
+            served_by_owner = {(kid, sub): when for kid, sub, when in session.execute(
+                select(Job.kid, Job.sub, func.max(Job.started_at)).where(
+                    or_(Job.kid.in_([k for k in kids if k is not None]), Job.kid.is_(None)), _in_queue(queue),
+                    Job.started_at.is_not(None)).group_by(Job.kid, Job.sub)).all()}
+
+            def per_key(table: dict[tuple[str | None, str], Any], kid: str | None, pick: Any) -> Any:
+                values = [value for (k, _), value in table.items() if k == kid]
+                return pick(values) if values else None
+
+            never = datetime.min.replace(tzinfo=UTC)
+
+            def turn(head: Any) -> tuple[Any, ...]:
+                kid, sub, oldest = head
+                return (per_key(running_by_owner, kid, sum) or 0, _aware(per_key(served_by_owner, kid, max)) or never,
+                        running_by_owner.get((kid, sub), 0), _aware(served_by_owner.get((kid, sub))) or never,
+                        _aware(oldest))
+
+            kid, sub, _ = min(heads, key=turn)
+            owner_is = Job.kid.is_(None) if kid is None else Job.kid == kid
+            return session.scalars(select(Job).where(Job.status == "queued", _in_queue(queue), owner_is,
+                                                     Job.sub == sub).order_by(Job.created_at, Job.id).limit(1)).first()
+
+    def running(self, queue: str, limit: int = 1000) -> list[Job]:
+        """Running jobs of ``queue``: a worker looks among them for attempts of its own host's dead processes."""
+        with self.session() as session:
+            return list(session.scalars(select(Job).where(Job.status == "running", _in_queue(queue))
+                                        .limit(limit)).all())
+
     def heartbeat(self, job_id: str, attempt: int, owner: str, lease_s: float) -> bool:
         """Extend the lease; False when the attempt no longer owns the job (canceled, or taken over)."""
         now = utcnow()
@@ -322,9 +499,12 @@ class Database:
     def finish(
         self, job_id: str, attempt: int, status: Status, *, outputs: list[dict[str, Any]] | None = None,
         error: dict[str, str] | None = None, timings: dict[str, float] | None = None,
-        result: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None, stored_bytes: int = 0,
     ) -> bool:
-        """Move an active job still at ``attempt`` to a terminal status; False when a newer attempt owns it."""
+        """Move an active job still at ``attempt`` to a terminal status; False when a newer attempt owns it.
+
+        ``stored_bytes``: what a successful attempt published (added to the job's input, for the storage quota).
+        """
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a terminal status")
         now = utcnow()
@@ -333,7 +513,7 @@ class Database:
                                   **_callback_due(now)}
         if status == "succeeded":
             values.update(progress=1.0, outputs=outputs or [], error_code=None, error_message=None, timings=timings,
-                          result=result)
+                          result=result, stored_bytes=func.coalesce(Job.stored_bytes, 0) + stored_bytes)
         if error is not None:
             values.update(error_code=error.get("code"), error_message=error.get("message"))
         with self.session() as session, session.begin():
@@ -419,9 +599,17 @@ class Database:
             return list(session.scalars(select(Job).where(
                 Job.status.in_(TERMINAL), Job.finished_at < before, Job.purged_at.is_(None)).limit(limit)).all())
 
+    def existing_job_ids(self, job_ids: Sequence[str], chunk: int = 500) -> set[str]:
+        """Which of ``job_ids`` have a row."""
+        found: set[str] = set()
+        with self.session() as session:
+            for start in range(0, len(job_ids), chunk):
+                found.update(session.scalars(select(Job.id).where(Job.id.in_(job_ids[start:start + chunk]))).all())
+        return found
+
     def mark_purged(self, job_id: str) -> None:
         with self.session() as session, session.begin():
-            session.execute(update(Job).where(Job.id == job_id).values(purged_at=utcnow()))
+            session.execute(update(Job).where(Job.id == job_id).values(purged_at=utcnow(), stored_bytes=0))
 
     # --- avatars -----------------------------------------------------------------------------------
 
@@ -429,24 +617,29 @@ class Database:
         with self.session() as session:
             return session.get(AvatarRow, avatar_id)
 
-    def avatars_of(self, sub: str | None) -> list[AvatarRow]:
-        """Every API-made avatar of ``sub`` (``None``: of everyone), newest first."""
-        query = select(AvatarRow).order_by(AvatarRow.created_at.desc())
-        if sub is not None:
-            query = query.where(AvatarRow.sub == sub)
+    def avatars(self) -> list[AvatarRow]:
+        """Every API-made avatar, newest first (the API filters them by key)."""
         with self.session() as session:
-            return list(session.scalars(query).all())
+            return list(session.scalars(select(AvatarRow).order_by(AvatarRow.created_at.desc())).all())
 
-    def set_avatar_status(self, avatar_id: str, status: str, error_message: str | None = None) -> None:
+    def set_avatar_status(self, avatar_id: str, status: str, error_message: str | None = None,
+                          stored_bytes: int | None = None) -> None:
+        values: dict[str, Any] = {"status": status, "error_message": error_message}
+        if stored_bytes is not None:
+            values["stored_bytes"] = stored_bytes
         with self.session() as session, session.begin():
-            session.execute(update(AvatarRow).where(AvatarRow.id == avatar_id).values(
-                status=status, error_message=error_message))
+            session.execute(update(AvatarRow).where(AvatarRow.id == avatar_id).values(**values))
 
     def delete_avatar(self, avatar_id: str) -> None:
         with self.session() as session, session.begin():
             row = session.get(AvatarRow, avatar_id)
             if row is not None:
                 session.delete(row)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Aggregates (min, max) come back naive on SQLite: they are UTC like every stored time."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _in_queue(queue: str) -> Any:

@@ -7,11 +7,13 @@ without persistence). The job table knows better, so each worker runs a reaper t
 
 1. gives a running job whose lease expired back to the queue, or fails it as
    ``worker_crashed_repeatedly`` once it used up ``job_max_attempts``;
-2. publishes every queued job that has no message: never published (a submit during a Redis outage,
-   a requeue from step 1), or not found in the broker's queue nor its unacked set.
+2. publishes every queued job that was never published (a submit during a Redis outage, a requeue from
+   step 1), and makes up for messages the broker lost: a message is a turn on the queue's workers, so
+   there must be at least as many waiting (or delivered and not yet rendering) as there are queued jobs.
 
 Every change is a compare-and-set, so any number of reapers can run at once; a duplicate message is
-harmless because a worker only claims a job that is queued or whose lease ran out.
+harmless because a worker only claims a job that is queued or whose lease ran out, and drops a message
+that finds nothing to claim.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import redis
 
-from bridge.db import DB_UNAVAILABLE, Database, utcnow
+from bridge.db import DB_UNAVAILABLE, Database, Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +46,44 @@ def job_id_of(task_id: str) -> str:
     return task_id.split(".", 1)[0]
 
 
-def broker_job_ids(client: redis.Redis, queue: str) -> set[str]:
-    """Job ids with a message waiting in ``queue`` (any priority) or delivered but not yet acknowledged."""
-    payloads: list[bytes] = []
+@dataclass(frozen=True, slots=True)
+class BrokerMessages:
+    """The job ids named by ``queue``'s messages in the broker: waiting in its lists, or delivered to a worker
+    and not yet acknowledged (a render in progress, or one about to be claimed)."""
+
+    waiting: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+
+
+def broker_messages(client: redis.Redis, queue: str) -> BrokerMessages:
+    """What Redis holds for ``queue``: its lists (any priority) and its entries in the shared unacked hash."""
+    waiting: list[bytes] = []
     for key in client.scan_iter(match=f"{queue}*", count=100):
         name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
         if name == queue or name.startswith(queue + PRIORITY_SEPARATOR):
-            payloads.extend(client.lrange(key, 0, -1))
-    payloads.extend(client.hvals(UNACKED_KEY))
-    found: set[str] = set()
-    for raw in payloads:
-        try:
-            message = json.loads(raw)
-            if isinstance(message, list):  # unacked entries are [message, exchange, routing_key]
-                message = message[0]
-            found.add(job_id_of(str(message["headers"]["id"])))
-        except (ValueError, KeyError, TypeError, IndexError):
-            continue
-    return found
+            waiting.extend(client.lrange(key, 0, -1))
+    delivered = [raw for raw in client.hvals(UNACKED_KEY) if _routed_to(raw, queue)]
+    return BrokerMessages([job for job in map(_job_id, waiting) if job],
+                          [job for job in map(_job_id, delivered) if job])
+
+
+def _routed_to(raw: bytes, queue: str) -> bool:
+    """Unacked entries are ``[message, exchange, routing key]``; Celery routes a queue's messages by its name."""
+    try:
+        entry = json.loads(raw)
+        return isinstance(entry, list) and len(entry) > 2 and entry[2] == queue
+    except ValueError:
+        return False
+
+
+def _job_id(raw: bytes) -> str | None:
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):
+            message = message[0]
+        return job_id_of(str(message["headers"]["id"]))
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +96,11 @@ class SweepReport:
 class Reaper:
     def __init__(
         self, db: Database, queue: str, publish: Callable[[str], None], max_attempts: int,
-        in_broker: Callable[[], Iterable[str]], grace_s: float = 10.0,
+        in_broker: Callable[[], BrokerMessages], grace_s: float = 10.0,
     ) -> None:
         """Looks after the jobs of ``queue`` only (their messages are in that queue's Redis lists).
 
-        ``grace_s``: a job published less than this long ago may still be on its way into the broker.
+        ``grace_s``: a job published less than this long ago may still be on its way through the broker.
         """
         self.db = db
         self.queue = queue
@@ -100,20 +122,38 @@ class Reaper:
                             job.id, job.lease_owner, job.attempts)
         queued = self.db.queued(self.queue)
         settled = utcnow() - timedelta(seconds=self.grace_s)
-        waiting = {job.id for job in queued if job.dispatched_at is not None and job.dispatched_at < settled}
-        known = set(self.in_broker()) if waiting else set()
         for job in queued:
-            if job.dispatched_at is None and (job.stage == "requeued" or job.created_at < settled):
-                claimed = self.db.claim_undispatched(job.id)
-            elif job.id in waiting and job.id not in known:
-                claimed = self.db.mark_dispatched(job.id, previous=job.dispatched_at)
-                log.warning("job %s was queued but the broker had no message for it; publishing again", job.id)
-            else:
-                continue
-            if claimed:
+            if job.dispatched_at is None and (job.stage == "requeued" or job.created_at < settled) \
+                    and self.db.claim_undispatched(job.id):
                 self.publish(job.id)
                 report.published.append(job.id)
+        self._replace_lost_turns(queued, settled, report)
         return report
+
+    def _replace_lost_turns(self, queued: list[Job], settled: datetime, report: SweepReport) -> None:
+        """Publish again for queued jobs whose turns the broker lost (Redis restarted without its data).
+
+        A message is a turn, not a ticket (``JobRunner.run``), so what must hold is a count: there are at least as
+        many messages waiting, or delivered to a worker that is not rendering yet, as there are published queued
+        jobs. A shortfall is made up from the oldest jobs no message names. A surplus is harmless: a worker that
+        finds nothing queued drops its message.
+        """
+        waiting = [job for job in queued if job.dispatched_at is not None and job.dispatched_at < settled]
+        if not waiting:
+            return
+        messages = self.in_broker()
+        running = len(self.db.running(self.queue))
+        fresh = sum(1 for job in queued if job.dispatched_at is not None and job.dispatched_at >= settled)
+        turns = len(messages.waiting) + max(0, len(messages.delivered) - running) - fresh
+        missing = len(waiting) - max(0, turns)
+        if missing <= 0:
+            return
+        named = set(messages.waiting) | set(messages.delivered)
+        for job in sorted(waiting, key=lambda j: (j.id in named, j.created_at))[:missing]:
+            if self.db.mark_dispatched(job.id, previous=job.dispatched_at):
+                log.warning("job %s was queued but the broker had no message for it; publishing again", job.id)
+                self.publish(job.id)
+                report.published.append(job.id)
 
 
 class ReaperThread:

@@ -52,6 +52,14 @@ class BridgeSettings(BaseSettings):
     max_content_length: int = Field(
         200 * 1024 * 1024, ge=1024, description="Largest request body, upload or download in bytes (413 above)."
     )
+    max_json_length: int = Field(
+        64 * 1024, ge=1024,
+        description="Largest JSON (any non-multipart) request body in bytes (413 above); text is at most 2,000 "
+        "characters, files go as multipart.",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Time a request body has to arrive in full (408 after); slow bodies hold API threads."
+    )
     fetch_allow_http_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts (`host` or `host:port`, comma-separated) that `audio_url`, avatar `url` and "
@@ -63,6 +71,15 @@ class BridgeSettings(BaseSettings):
         5.0, gt=0, description="Wait before the second delivery; doubles each time, at most 10 minutes."
     )
     min_free_bytes: int = Field(1024**3, ge=0, description="/readyz fails when the storage root has less free space.")
+    quota_active_jobs: int = Field(
+        50, ge=0, description="Jobs one API key may have queued or running at once (429 above); 0: no limit."
+    )
+    quota_avatars: int = Field(100, ge=0, description="Avatars one API key may keep (429 above); 0: no limit.")
+    quota_stored_bytes: int = Field(
+        20 * 1024**3, ge=0,
+        description="Bytes one API key may keep in storage: uploads and videos until retention deletes them, "
+        "plus its avatars (429 above); 0: no limit.",
+    )
 
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the job table. Default: SQLite file <storage_root>/bridge.db (WAL)."

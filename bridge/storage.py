@@ -60,6 +60,11 @@ class Storage:
         """Scratch space for one attempt, so a redelivered task never trips over a dead attempt's files."""
         return self.job_dir(job_id) / "work" / f"attempt-{int(attempt)}"
 
+    def job_folders(self) -> list[Path]:
+        """Every job folder (named by a job id) under ``jobs/``."""
+        root = self.root / "jobs"
+        return [path for path in root.iterdir() if JOB_ID.fullmatch(path.name)] if root.is_dir() else []
+
     def drop_job(self, job_id: str) -> None:
         """Delete every file of a job (retention, or an upload that turned out to be a replay)."""
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
@@ -72,6 +77,11 @@ class Storage:
         """Remove the scratch of earlier attempts: their workers died or lost the job to this attempt."""
         for earlier in range(1, int(attempt)):
             shutil.rmtree(self.work_dir(job_id, earlier), ignore_errors=True)
+
+    def outputs_bytes(self, job_id: str) -> int:
+        """What a job's published files occupy (for the per-key storage quota)."""
+        folder = self.outputs_dir(job_id)
+        return sum(path.stat().st_size for path in folder.iterdir() if path.is_file()) if folder.is_dir() else 0
 
     def output_path(self, job_id: str, name: str) -> Path:
         if not OUTPUT_NAME.fullmatch(name):

@@ -38,7 +38,7 @@ from bridge.reaper import crashed_error
 from bridge.settings import BridgeSettings
 from bridge.storage import Storage, output_mime, output_name
 from engine.avatars import check_id
-from engine.errors import EngineError
+from engine.errors import EngineError, UnknownAvatar
 from engine.settings import EngineSettings
 
 if TYPE_CHECKING:  # the render stack loads in workers only, not in the API that publishes jobs
@@ -263,28 +263,48 @@ class JobRunner:
         return Storage(self.settings.storage_root)
 
     def run(self, job_id: str) -> None:
+        """Handle one message: a turn on this queue's workers, not a ticket for the job it names.
+
+        A job of this host whose worker process died (a killed render child, whose message Celery redelivers
+        at once) is taken back first, so it keeps its attempt count. Otherwise the worker claims the fairest
+        queued job (``Database.claim_next``), which may be another owner's than the one the message names:
+        every queued job was published once, so every job still gets its turn.
+        """
         db, engine = self._resources()
+        owner = process_owner()
         job = db.get_job(job_id)
         if job is None:
-            log.warning("job %s is not in the table; dropping the message", job_id)
+            log.warning("job %s is not in the table; its message only gives a turn", job_id)
+        elif job.status in TERMINAL:
+            log.info("job %s is already %s; its message only gives a turn", job_id, job.status)
+        claimed = self._recover(db, job, owner)
+        if claimed is None:
+            claimed = db.claim_next(self.settings.queue, owner, self.settings.job_lease_s)
+        if claimed is None:
+            log.info("no queued job left for the message of job %s", job_id)
             return
-        if job.status in TERMINAL:
-            log.info("job %s is already %s; nothing to do", job_id, job.status)
-            return
+        with log_context(job_id=claimed.id, attempt=claimed.attempts, sub=claimed.sub, worker=owner):
+            self._attempt(db, engine, claimed, claimed.attempts, owner)
+
+    def _recover(self, db: Database, named: Job | None, owner: str) -> Job | None:
+        """Claim a running job whose attempt died: the named one (its lease ran out, or its process on this host
+        is gone), else any of this queue's jobs held by a dead process of this host. Fails a job that has used up
+        its attempts instead. None when there is nothing to recover."""
         settings = self.settings
-        owner = process_owner()
-        dead = dead_local_owner(job.lease_owner) if job.status == "running" else None
-        if job.attempts >= settings.job_max_attempts:
-            if job.status == "queued" or dead or _lease_over(job):
-                db.finish(job_id, job.attempts, "failed", error=crashed_error(job.attempts))
-                log.error("job %s failed: its worker stopped %d times", job_id, job.attempts)
-            return
-        attempt = db.claim(job_id, job.attempts, owner, settings.job_lease_s, dead_owner=dead)
-        if attempt is None:
-            log.info("job %s is being rendered by %s; dropping this duplicate message", job_id, job.lease_owner)
-            return
-        with log_context(job_id=job_id, attempt=attempt, sub=job.sub, worker=owner):
-            self._attempt(db, engine, job, attempt, owner)
+        candidates = [named] if named is not None and named.status == "running" else []
+        candidates += [job for job in db.running(settings.queue) if dead_local_owner(job.lease_owner)]
+        for job in candidates:
+            dead = dead_local_owner(job.lease_owner)
+            if not (dead or _lease_over(job)):
+                continue
+            if job.attempts >= settings.job_max_attempts:
+                if db.finish(job.id, job.attempts, "failed", error=crashed_error(job.attempts)):
+                    log.error("job %s failed: its worker stopped %d times", job.id, job.attempts)
+                continue
+            attempt = db.claim(job.id, job.attempts, owner, settings.job_lease_s, dead_owner=dead)
+            if attempt is not None:
+                return db.get_job(job.id)
+        return None
 
     def _attempt(self, db: Database, engine: Engine, job: Job, attempt: int, owner: str) -> None:
         job_id, settings = job.id, self.settings
@@ -315,6 +335,10 @@ class JobRunner:
         except SoftTimeLimitExceeded:
             error = {"code": "time_limit", "message": f"the job ran past its {settings.job_time_limit_s} s limit"}
             log.error("job %s attempt %d hit the time limit", job_id, attempt)
+        except UnknownAvatar as err:  # deleted after the job was accepted; the engine's own text is for CLI users
+            error = {"code": err.code, "message": "the avatar was deleted after the job was accepted, or is not yours; "
+                     "GET /v1/avatars lists the ones you can use"}
+            log.info("job %s attempt %d failed: %s", job_id, attempt, err.code)
         except EngineError as err:
             error = {"code": err.code, "message": str(err)}
             log.info("job %s attempt %d failed: %s", job_id, attempt, err.code)
@@ -330,7 +354,8 @@ class JobRunner:
             log.exception("job %s attempt %d crashed", job_id, attempt)
         else:
             self.metrics.observe_stages(timings)
-            finish = partial(db.finish, job_id, attempt, "succeeded", outputs=outputs, timings=timings, result=result)
+            finish = partial(db.finish, job_id, attempt, "succeeded", outputs=outputs, timings=timings, result=result,
+                             stored_bytes=self.storage.outputs_bytes(job_id))
             if when_db_answers(finish, settings.job_lease_s):
                 status = "succeeded"
                 log.info("job %s attempt %d succeeded", job_id, attempt, extra={"duration_s": timings.get("total")})
@@ -360,15 +385,18 @@ class JobRunner:
         audio = inputs.get("audio")
         work.mkdir(parents=True, exist_ok=True)
         last = 0.0
+        last_stage = ""
         done = 0
 
         def progress(stage: str, fraction: float) -> None:
-            nonlocal last
+            """Saved at most every PROGRESS_INTERVAL_S, but always when the stage changes: a poller should be
+            able to see every stage a job passes through, however quick."""
+            nonlocal last, last_stage
             if lost.is_set():
                 raise JobAbandoned(job.id)
             now = time.monotonic()
-            if now - last >= PROGRESS_INTERVAL_S:
-                last = now
+            if now - last >= PROGRESS_INTERVAL_S or stage != last_stage:
+                last, last_stage = now, stage
                 save_progress(db, job.id, attempt, stage, (done + fraction) / len(avatars))
 
         base = RenderRequest(
@@ -411,7 +439,7 @@ class JobRunner:
             engine.avatars.delete(avatar.id)
         if deleted or lost.is_set():
             raise JobAbandoned(job.id)
-        db.set_avatar_status(avatar_id, "ready")
+        db.set_avatar_status(avatar_id, "ready", stored_bytes=engine.avatars.disk_bytes(avatar.id))
         return {"id": avatar.id, "name": avatar.name, "kind": avatar.kind, "width": avatar.width,
                 "height": avatar.height, "fps": avatar.fps, "duration_s": round(avatar.duration_s, 3),
                 "notes": list(avatar.notes)}

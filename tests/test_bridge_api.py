@@ -19,10 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from bridge.app import create_app
+from bridge.auth import mint_token
 from bridge.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from bridge.keys import parse_api_key
+from bridge.keys import KeyStore, parse_api_key
 from bridge.storage import Storage
 from tests.bridge_fixtures import (
+    AUD,
+    ISS,
     Bridge,
     Receiver,
     RedisServer,
@@ -207,12 +210,16 @@ def test_voices_lists_every_backend(bridge: Bridge) -> None:
 # --- avatars -----------------------------------------------------------------------------------
 
 
-def test_avatar_upload_is_preprocessed_and_private_to_its_owner(bridge: Bridge, media: Path) -> None:
+def test_avatar_upload_is_preprocessed_and_private_to_its_key(bridge: Bridge, media: Path) -> None:
+    """An avatar belongs to the API key (a Dify workspace): every sub of that key may use it, no other key."""
+    other_key = KeyStore(bridge.settings.keys_path).create()
+
     def owner() -> dict[str, str]:  # a fresh token per call: each jti is good once
         return bridge.auth(scopes=["jobs:read", "jobs:write", "avatars:write"])
 
-    def other() -> dict[str, str]:
-        return bridge.auth("tenant-b", scopes=["avatars:write"])
+    def other(sub: str = "tenant-a") -> dict[str, str]:  # another key, even minting the owner's own sub
+        token = mint_token(other_key, sub, ["jobs:read", "jobs:write", "avatars:write"], AUD, ISS)
+        return {"Authorization": f"Bearer {token}"}
 
     response = bridge.client.post("/v1/avatars", headers=owner(), content_type="multipart/form-data",
                                   data={"name": "Ada", "file": ((media / "face.png").open("rb"), "ada.png")})
@@ -229,17 +236,27 @@ def test_avatar_upload_is_preprocessed_and_private_to_its_owner(bridge: Bridge, 
     assert preview.startswith(b"\xff\xd8")  # a JPEG still
     tampered = urlsplit(ada["preview_url"].replace("sig=", "sig=0"))
     assert bridge.client.get(f"{tampered.path}?{tampered.query}").status_code == 403
-    theirs = bridge.client.get("/v1/avatars", headers=bridge.auth("tenant-b")).get_json()["avatars"]
-    assert avatar_id not in {a["id"] for a in theirs} and PHOTO in {a["id"] for a in theirs}
-    problem_of(bridge.submit({"text": "Not yours.", "avatar_id": avatar_id}, sub="tenant-b"), 422, "avatar_id")
-    rendered = bridge.wait(bridge.submit({"text": "Mine.", "avatar_id": avatar_id}).get_json()["id"])
-    assert rendered["status"] == "succeeded", rendered
 
-    assert bridge.client.delete(f"/v1/avatars/{avatar_id}", headers=other()).status_code == 404
+    colleague = bridge.client.get("/v1/avatars", headers=bridge.auth("tenant-b")).get_json()["avatars"]
+    assert avatar_id in {a["id"] for a in colleague}  # another end user of the same workspace
+    used = bridge.wait(bridge.submit({"text": "Ours.", "avatar_id": avatar_id}, sub="tenant-b").get_json()["id"],
+                       "tenant-b")
+    assert used["status"] == "succeeded", used
+
+    for sub in ("tenant-a", "tenant-b"):
+        theirs = bridge.client.get("/v1/avatars", headers=other(sub)).get_json()["avatars"]
+        assert avatar_id not in {a["id"] for a in theirs} and PHOTO in {a["id"] for a in theirs}
+        refused = problem_of(bridge.client.post("/v1/jobs", json={"text": "Not yours.", "avatar_id": avatar_id},
+                                                headers=other(sub)), 422, "avatar_id")
+        assert "not yours" in refused["detail"] and "GET /v1/avatars" in refused["detail"]
+        assert PHOTO not in refused["detail"]  # it names no other avatar
+        assert bridge.client.delete(f"/v1/avatars/{avatar_id}", headers=other(sub)).status_code == 404
     shared = bridge.client.delete(f"/v1/avatars/{PHOTO}", headers=other())
     assert shared.status_code == 403 and shared.get_json()["code"] == "shared_avatar"
-    assert bridge.client.delete(f"/v1/avatars/{avatar_id}", headers=owner()).status_code == 204
-    problem_of(bridge.submit({"text": "Gone.", "avatar_id": avatar_id}), 422, "avatar_id")
+    deleter = bridge.auth("tenant-b", scopes=["avatars:write"])  # any end user of the key may delete it
+    assert bridge.client.delete(f"/v1/avatars/{avatar_id}", headers=deleter).status_code == 204
+    gone = problem_of(bridge.submit({"text": "Gone.", "avatar_id": avatar_id}), 422, "avatar_id")
+    assert "deleted, or it is not yours" in gone["detail"]
 
 
 def test_bad_avatar_uploads_are_422(bridge: Bridge, media: Path, receiver: Receiver) -> None:

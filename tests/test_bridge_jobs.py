@@ -22,9 +22,10 @@ import pytest
 
 from bridge.app import create_app
 from bridge.auth import mint_token
-from bridge.db import Database
+from bridge.db import Database, Owner
 from bridge.keys import KeyStore
 from bridge.problems import PROBLEM_MEDIA_TYPE
+from bridge.tasks import publish
 from tests.bridge_fixtures import (
     AUD,
     ISS,
@@ -233,8 +234,12 @@ def test_concurrent_retries_with_one_key_make_one_job(bridge: Bridge) -> None:
 def test_list_is_paginated_and_per_sub(bridge: Bridge, redis_server: RedisServer) -> None:
     # Jobs inserted straight into the table: the listing is what is under test, not rendering.
     db = Database(bridge.settings.database)
-    mine = {db.create_job("tenant-list", {"text": f"job {i}", "avatar_id": AVATAR})[0].id for i in range(5)}
-    db.create_job("tenant-other", {"text": "not yours", "avatar_id": AVATAR})
+    aside = "not-rendered"  # a queue no worker serves: these rows are for listing, not for the worker's time
+    mine = {db.create_job(Owner(bridge.kid, "tenant-list"), {"text": f"job {i}", "avatar_id": AVATAR},
+                          queue=aside)[0].id for i in range(5)}
+    db.create_job(Owner(bridge.kid, "tenant-other"), {"text": "not yours", "avatar_id": AVATAR}, queue=aside)
+    db.create_job(Owner("0badc0de", "tenant-list"), {"text": "another key's tenant-list", "avatar_id": AVATAR},
+                  queue=aside)
     seen: list[str] = []
     cursor: str | None = None
     for _ in range(5):
@@ -284,17 +289,26 @@ def test_openapi_declares_the_job_routes(bridge: Bridge) -> None:
 
 
 def test_engine_error_fails_the_job_with_its_code(bridge: Bridge) -> None:
-    response = bridge.submit({"text": "Hi.", "avatar_id": AVATAR, "voice": "no-such-voice"}, sub="tenant-fail")
-    assert response.status_code == 202
-    body = bridge.wait(response.get_json()["id"], "tenant-fail")
+    """An avatar deleted after its job was accepted: the engine's error, in words for an API user."""
+    db = Database(bridge.settings.database)
+    job, _ = db.create_job(Owner(bridge.kid, "tenant-fail"), {"text": "Hi.", "avatar_ids": ["deleted-meanwhile"],
+                                                              "kid": bridge.kid}, queue=bridge.settings.queue)
+    publish(bridge.app.extensions["bridge"].celery, bridge.settings.queue, job.id)
+    body = bridge.wait(job.id, "tenant-fail")
     assert body["status"] == "failed" and body["outputs"] == []
-    assert body["error"]["code"] == "unknown_voice" and "no-such-voice" in body["error"]["message"]
+    assert body["error"]["code"] == "unknown_avatar", body["error"]
+    message = body["error"]["message"]
+    assert "deleted" in message and "GET /v1/avatars" in message
+    assert "astronaut" not in message and "python -m engine" not in message  # no other avatar, no CLI advice
+    db.dispose()
 
 
 def test_state_changes_are_compare_and_set_on_attempt_and_lease(job_table: str) -> None:
     db = Database(job_table)
     db.create_all()
-    job, created = db.create_job("tenant-cas", {"text": "x", "avatar_id": AVATAR})
+    owner = Owner("0000beef", "tenant-cas")
+    aside = "cas-only"  # a queue no worker serves: only this test claims these jobs
+    job, created = db.create_job(owner, {"text": "x", "avatar_id": AVATAR}, queue=aside)
     assert created
     assert db.claim(job.id, 0, "host:1", lease_s=30) == 1
     assert db.claim(job.id, 0, "host:2", lease_s=30) is None  # a duplicate delivery of the same attempt loses
@@ -310,12 +324,13 @@ def test_state_changes_are_compare_and_set_on_attempt_and_lease(job_table: str) 
     row = db.get_job(job.id)
     assert row is not None and (row.status, row.attempts, row.error_code) == ("failed", 2, "x")
     assert row.lease_owner is None and row.lease_expires_at is None
-    assert db.get_job(job.id, sub="someone-else") is None
+    assert db.get_job(job.id, owner) is not None and db.get_job(job.id, Owner("0000beef", "someone-else")) is None
+    assert db.get_job(job.id, Owner("0000feed", "tenant-cas")) is None  # the same sub under another key
 
-    expiring, _ = db.create_job("tenant-cas", {"text": "y", "avatar_id": AVATAR})
+    expiring, _ = db.create_job(owner, {"text": "y", "avatar_id": AVATAR}, queue=aside)
     assert db.claim(expiring.id, 0, "host:1", lease_s=0.05) == 1
     time.sleep(0.1)
-    assert [j.id for j in db.expired_leases("render")] == [expiring.id]
+    assert [j.id for j in db.expired_leases(aside)] == [expiring.id]
     assert db.claim(expiring.id, 1, "host:2", lease_s=30) == 2  # an expired lease is up for grabs
     assert db.cancel(expiring.id) and not db.cancel(expiring.id)
     assert not db.heartbeat(expiring.id, 2, "host:2", lease_s=30)  # the worker sees the cancel

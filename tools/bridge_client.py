@@ -187,8 +187,12 @@ class BridgeClient:
             raise BridgeError(f"The bridge refused this API key for that action: {detail}")
         if response.status_code == 413:
             raise BridgeError(f"The file is larger than the bridge accepts: {detail}")
-        if response.status_code in {404, 409, 422}:
+        if response.status_code in {404, 409, 410, 422}:
             raise BridgeError(detail[:1].upper() + detail[1:])
+        if response.status_code == 429:  # a per-key quota of the bridge: the workspace holds too much at once
+            wait = response.headers.get("Retry-After")
+            raise BridgeError(f"This workspace reached a limit of the bridge: {detail}"
+                              + (f" (try again in {wait} s)" if wait and wait.isdigit() else ""))
         if response.status_code == 503:
             raise BridgeError(f"The bridge is not ready ({detail}); try again in a minute")
         raise BridgeError(f"The bridge failed (HTTP {response.status_code}): {detail}")

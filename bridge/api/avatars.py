@@ -15,13 +15,14 @@ from apiflask import APIBlueprint, Schema
 from apiflask.fields import Boolean, Float, Integer, List, Nested, String
 from apiflask.validators import Length
 from flask import Response, request
-from marshmallow import RAISE
 
-from bridge.api.deps import SECURITY_SCHEME, current_claims, require_token, state
-from bridge.api.intake import refused, take_upload, take_url
+from bridge.api.deps import SECURITY_SCHEME, current_claims, current_owner, require_token, state
+from bridge.api.intake import UploadBody, file_parts_problem, refused, take_upload, take_url, url_field
 from bridge.api.jobs import JobOut, _invalid, dispatch, idempotency_key
-from bridge.db import AvatarRow, IdempotencyConflict, new_job_id
+from bridge.api.quotas import quota_for, quota_problem
+from bridge.db import AvatarRow, IdempotencyConflict, QuotaExceeded, new_job_id
 from bridge.jobview import iso, job_json
+from bridge.names import display_name
 from bridge.problems import TYPE_BASE, problem
 from engine import EngineError
 from engine.avatars import ID_PATTERN, Avatar, AvatarStore
@@ -29,16 +30,16 @@ from engine.avatars import ID_PATTERN, Avatar, AvatarStore
 bp = APIBlueprint("avatars", __name__, tag="avatars")
 UPLOAD_FIELD = "file"
 SHARED_ONLY_ADMIN = TYPE_BASE + "shared-avatar"
+AVATAR_GONE = TYPE_BASE + "avatar-deleted"
 
 
-class AvatarIn(Schema):
+class AvatarIn(UploadBody):
     """JSON with ``url``, or multipart form fields with the video or photo in the ``file`` part."""
 
-    class Meta:
-        unknown = RAISE  # a misspelt field is an error, not silently ignored
-
-    name = String(load_default=None, validate=Length(1, 100), metadata={"example": "Ada, front camera"})
-    url = String(load_default=None, validate=Length(1, 2048),
+    name = String(load_default=None, validate=Length(1, 1000),
+                  metadata={"example": "Ada, front camera", "description": "Shown in lists; control and text-direction "
+                            "characters are removed and it is cut to 100 characters."})
+    url = String(load_default=None, validate=url_field,
                  metadata={"description": "https URL of a video (MP4/MOV, MKV/WebM, AVI, FLV) or photo "
                            "(PNG, JPEG, WebP) of one face; or upload it as the `file` part."})
 
@@ -90,8 +91,8 @@ def list_avatars() -> Any:
     st = state()
     claims = current_claims()
     made = {a.id: a for a in AvatarStore(st.engine_settings).list()}
-    everyone = {row.id: row for row in st.db.avatars_of(None)}
-    mine = [row for row in everyone.values() if row.sub == claims.sub or claims.admin]
+    everyone = {row.id: row for row in st.db.avatars()}
+    mine = [row for row in everyone.values() if row.kid == claims.kid or claims.admin]
     shared = [a for a in made.values() if a.id not in everyone]
     return {"avatars": [_describe(made.get(row.id), row) for row in mine] + [_describe(a, None) for a in shared]}
 
@@ -103,44 +104,65 @@ def list_avatars() -> Any:
            description="Accepted: the avatar is processing; poll the job (Location) until it succeeds.")
 @bp.doc(summary="Add an avatar", security=SECURITY_SCHEME, responses={
     403: "The token lacks the avatars:write scope", 413: "The upload is larger than the bridge accepts",
+    410: "The Idempotency-Key was used for an avatar that has since been deleted",
     422: "No file or url, or the media was refused (not a video or photo, too long, too large)",
+    429: "The API key has as many avatars, or stores as many bytes, as the bridge allows per key",
     503: "Tokens cannot be verified or the job queue is unavailable"})
 def create_avatar(body: dict[str, Any]) -> Any:
     st = state()
     claims = current_claims()
+    if (failure := file_parts_problem(UPLOAD_FIELD)) is not None:
+        return failure
     upload = request.files.get(UPLOAD_FIELD)
     if (upload is None) == (body["url"] is None):
-        return _invalid("url", "give exactly one of url and a file part named 'file'")
+        field = "url" if upload is None else UPLOAD_FIELD
+        return _invalid(field, "give exactly one of url and a file part named 'file'")
     key = idempotency_key()
     if isinstance(key, Response):
         return key
     try:
-        source = take_upload(upload, "avatar", UPLOAD_FIELD) if upload else take_url(body["url"], "avatar", "url")
+        if upload is not None:
+            source = take_upload(upload, "avatar", UPLOAD_FIELD)
+        else:
+            source = take_url(body["url"], "avatar", "url")
     except EngineError as err:
         return refused(err)
     avatar_id = f"av-{uuid.uuid4().hex[:16]}"
-    name = body["name"] or (upload.filename if upload and upload.filename else "avatar")[:100]
+    name = display_name(body["name"]) or display_name(upload.filename if upload is not None else None) or "avatar"
     upload_name = f"avatar.{source.media.ext.lstrip('.')}"
-    inputs = {"upload": upload_name, "avatar_id": avatar_id, "name": name, "upload_sha256": source.sha256}
+    inputs = {"upload": upload_name, "avatar_id": avatar_id, "name": name, "upload_sha256": source.sha256,
+              "kid": claims.kid}
     job_id = new_job_id()
     try:
+        size = source.path.stat().st_size
         st.storage.put_input(job_id, upload_name, source.path)
         job, created = st.db.create_job(
-            claims.sub, inputs, idempotency_key=key, kind="avatar", avatar=(avatar_id, name), job_id=job_id,
-            queue=st.settings.queue,
+            current_owner(), inputs, idempotency_key=key, kind="avatar", avatar=(avatar_id, name), job_id=job_id,
+            queue=st.settings.queue, stored_bytes=size, quota=quota_for(st.settings, claims.admin),
             fingerprint=source.sha256 + (body["name"] or "") if key is not None else None)
     except IdempotencyConflict:
+        st.storage.drop_job(job_id)
         return problem(422, None, "this Idempotency-Key was already used with a different upload",
                        TYPE_BASE + "idempotency-key-reused", "Idempotency-Key", code="idempotency_key_reused")
+    except QuotaExceeded as exc:
+        st.storage.drop_job(job_id)
+        return quota_problem(exc, claims.kid, st.db, st.settings)
+    except BaseException:
+        st.storage.drop_job(job_id)  # no row was written: leave no directory without one
+        raise
     finally:
         source.discard()
     if not created:
         st.storage.drop_job(job_id)
+    row = st.db.avatar(job.inputs["avatar_id"])
+    if row is None:  # a replay of a request whose avatar has since been deleted
+        return problem(410, None, "this Idempotency-Key made an avatar that has since been deleted; to add it "
+                       "again, send the request with a new Idempotency-Key", AVATAR_GONE, "Idempotency-Key",
+                       code="avatar_deleted", job_id=job.id)
     if created or job.dispatched_at is None:
         failure = dispatch(st.db, job)
         if failure is not None:
             return failure
-    row = st.db.avatar(job.inputs["avatar_id"])
     return ({"avatar": _describe(None, row), "job": job_json(job, st.links)}, 202,
             {"Location": f"/v1/jobs/{job.id}", "Retry-After": "2"})
 
@@ -159,7 +181,7 @@ def delete_avatar(avatar_id: str) -> Any:
         return missing
     store = AvatarStore(st.engine_settings)
     row = st.db.avatar(avatar_id)
-    if row is not None and row.sub != claims.sub and not claims.admin:
+    if row is not None and row.kid != claims.kid and not claims.admin:
         return missing
     if row is None:
         try:
@@ -172,4 +194,6 @@ def delete_avatar(avatar_id: str) -> Any:
     with contextlib.suppress(EngineError):  # still processing or failed: nothing in the store yet
         store.delete(avatar_id)
     st.db.delete_avatar(avatar_id)
+    if row is not None and row.status == "processing":
+        st.db.cancel(row.job_id)  # its preprocessing is wasted work now, and frees the key's job slot
     return "", 204

@@ -12,7 +12,7 @@ from celery import Celery
 from flask import current_app, g, request
 
 from bridge.auth import SCOPES, AuthError, Claims, ReplayStore, ReplayStoreUnavailable, verify_token
-from bridge.db import Database
+from bridge.db import Database, Owner
 from bridge.keys import KeyFileError, KeyStore
 from bridge.links import LinkMinter, LinkSigner
 from bridge.objectstore import ObjectStore
@@ -54,6 +54,12 @@ def state() -> BridgeState:
 def current_claims() -> Claims:
     """The verified caller of a ``require_token`` view."""
     return cast(Claims, g.claims)
+
+
+def current_owner() -> Owner:
+    """Whose jobs the caller may see: its API key plus its ``sub`` (a sub alone can be minted by any key)."""
+    claims = current_claims()
+    return Owner(claims.kid, claims.sub)
 
 
 def _challenge(realm: str, error: str | None = None, scope: str | None = None) -> str:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from flask import Response
+from apiflask import Schema
+from flask import Response, request
+from marshmallow import RAISE, ValidationError, pre_load
 from werkzeug.datastructures import FileStorage
 
 from bridge.api.deps import state
@@ -75,3 +79,66 @@ def take_url(url: str, expect: Expect, field: str) -> Intake:
 def check_callback(url: str) -> None:
     """Refuse a callback URL the notifier would refuse, at submit time."""
     check_url(url, fetch_policy(state().settings), field="callback_url")
+
+
+MAX_URL_CHARS = 2048
+FORM_NULL = "null"
+
+
+class UploadBody(Schema):
+    """A body that comes as JSON or as multipart form fields (with a file part beside them).
+
+    In JSON a field may be null, which means "not given". A form field is always text, so a null is spelt
+    the way JSON spells it, ``null`` (as OpenAPI tools such as schemathesis send it): for the fields that may
+    be null it means the same as in JSON, instead of, say, a text to speak that reads "null".
+    """
+
+    class Meta:
+        unknown = RAISE  # a misspelt field is an error, not silently ignored
+
+    @pre_load
+    def _form_nulls(self, data: Any, **_: Any) -> Any:
+        if request.mimetype != "multipart/form-data" or not isinstance(data, Mapping):
+            return data
+        nullable = {name for name, field in self.fields.items() if field.allow_none}
+        return {name: None if name in nullable and data[name] == FORM_NULL else data[name] for name in data}
+
+
+def url_field(value: str) -> None:
+    """Schema validator for URL fields: a URL never holds whitespace or control characters (a NUL would also
+    be refused by the job table); say so at once, before anything tries to resolve or store it."""
+    if not 0 < len(value) <= MAX_URL_CHARS:
+        raise ValidationError(f"must be 1 to {MAX_URL_CHARS} characters")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValidationError("contains spaces or control characters; percent-encode them (%20) or fix the URL")
+
+
+def file_parts_problem(allowed: str) -> Response | None:
+    """A 422 unless the multipart body has at most one file part, named ``allowed``, with something in it.
+
+    Werkzeug would keep a misspelt part, a second copy or an empty "no file chosen" part without a word; the
+    caller would then get an error about another field, or a job made from the wrong file.
+    """
+    for name in request.files:
+        if name != allowed:
+            return _part_problem(name, f"unknown file part {name!r}; the file goes in the part named {allowed!r}")
+    parts = request.files.getlist(allowed)
+    if len(parts) > 1:
+        return _part_problem(allowed, f"{len(parts)} file parts named {allowed!r}; send exactly one")
+    if parts and _part_size(parts[0]) == 0:
+        return _part_problem(allowed, "the file part is empty; attach the file (a browser sends an empty part when "
+                                      "no file was chosen)")
+    return None
+
+
+def _part_size(upload: FileStorage) -> int:
+    stream = upload.stream
+    position = stream.tell()
+    size = stream.seek(0, 2)
+    stream.seek(position)
+    return int(size)
+
+
+def _part_problem(field: str, message: str) -> Response:
+    return problem(422, None, f"{field}: {message}", VALIDATION, field,
+                   errors=[{"in": "files", "field": field, "message": message}])

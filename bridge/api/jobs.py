@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from apiflask import APIBlueprint, Schema
@@ -23,10 +23,21 @@ from kombu.exceptions import KombuError
 from marshmallow import RAISE, ValidationError, validates
 from redis.exceptions import RedisError
 
-from bridge.api.deps import RETRY_AFTER_S, SECURITY_SCHEME, current_claims, require_token, state
-from bridge.api.intake import Intake, check_callback, refused, take_upload, take_url
+from bridge.api.deps import RETRY_AFTER_S, SECURITY_SCHEME, current_claims, current_owner, require_token, state
+from bridge.api.intake import (
+    Intake,
+    UploadBody,
+    check_callback,
+    file_parts_problem,
+    refused,
+    take_upload,
+    take_url,
+    url_field,
+)
+from bridge.api.quotas import quota_for, quota_problem
+from bridge.api.speech import check_lang, check_voice, speech_problem
 from bridge.api.voices import voice_backend
-from bridge.db import Database, IdempotencyConflict, Job, new_job_id
+from bridge.db import Database, IdempotencyConflict, Job, QuotaExceeded, new_job_id
 from bridge.jobview import job_json
 from bridge.problems import TYPE_BASE, UNAVAILABLE, VALIDATION, problem
 from bridge.storage import JOB_ID
@@ -47,31 +58,28 @@ FINISHED = TYPE_BASE + "job-finished"
 UPLOAD_FIELD = "audio"
 
 
-class JobIn(Schema):
+class JobIn(UploadBody):
     """The job, as JSON or as multipart form fields (with the audio file in the ``audio`` part)."""
-
-    class Meta:
-        unknown = RAISE  # a misspelt field is an error, not silently ignored
 
     text = String(load_default=None, validate=Length(min=1),
                   metadata={"description": "What the avatar says. Give exactly one of text, audio_url and an "
                             "`audio` file part."})
-    audio_url = String(load_default=None, validate=Length(1, 2048),
+    audio_url = String(load_default=None, validate=url_field,
                        metadata={"description": "https URL of a recording (wav, mp3, m4a, aac, flac, ogg) to "
                                  "lip-sync instead of text.", "example": "https://files.example.com/hello.mp3"})
     avatar_id = String(load_default=None, validate=Length(1, 64),
                        metadata={"example": DEFAULT_AVATAR, "description": f"Default: {DEFAULT_AVATAR}."})
     avatar_ids = List(String(validate=Length(1, 64)), load_default=None, validate=Length(1, MAX_BATCH),
                       metadata={"description": "Batch: one speech, one video per avatar (instead of avatar_id)."})
-    lang = String(load_default="auto", validate=Length(1, 16), metadata={"description": "BCP 47 tag or auto."})
-    voice = String(load_default=None, allow_none=True, validate=Length(1, 128),
+    lang = String(load_default="auto", validate=check_lang, metadata={"description": "BCP 47 tag or auto."})
+    voice = String(load_default=None, allow_none=True, validate=check_voice,
                    metadata={"description": "A voice id from GET /v1/voices."})
     speed = Float(load_default=1.0, validate=Range(0.5, 2.0))
     resolution = String(load_default="source", validate=OneOf(RESOLUTIONS))
     subtitles = Boolean(load_default=False, metadata={"description": "Also make WebVTT and SRT subtitles."})
     renderer = String(load_default=None, allow_none=True, validate=OneOf(RENDERERS),
                       metadata={"description": "Lip-sync renderer; default: the server's."})
-    callback_url = String(load_default=None, allow_none=True, validate=Length(1, 2048),
+    callback_url = String(load_default=None, allow_none=True, validate=url_field,
                           metadata={"description": "https URL the finished job is POSTed to, signed with "
                                     "X-Signature (HMAC-SHA256 with your API key's secret)."})
 
@@ -164,9 +172,10 @@ def avatar_problem(avatar_id: str, field: str) -> Response | None:
     claims = current_claims()
     if not ID_PATTERN.fullmatch(avatar_id):
         return _invalid(field, "not an avatar id: 1-64 characters a-z, 0-9, '-' or '_'")
-    unknown = _invalid(field, f"no avatar {avatar_id!r}; GET /v1/avatars lists the ones you can use")
+    unknown = _invalid(field, f"there is no avatar {avatar_id!r} you can use: it was deleted, or it is not yours; "
+                              "GET /v1/avatars lists the ones you can use")
     row = st.db.avatar(avatar_id)
-    if row is not None and row.sub != claims.sub and not claims.admin:
+    if row is not None and row.kid != claims.kid and not claims.admin:
         return unknown
     if row is not None and row.status != "ready":
         return _invalid(field, f"avatar {avatar_id!r} is {row.status}; wait for its job or upload it again")
@@ -188,7 +197,7 @@ def _speech_source(body: dict[str, Any]) -> Intake | Response | None:
     """The uploaded or downloaded audio (None for text); a 422 when the sources are not exactly one."""
     upload = request.files.get(UPLOAD_FIELD)
     given = [name for name, value in (("text", body["text"]), ("audio_url", body["audio_url"]),
-                                      (UPLOAD_FIELD, upload)) if value]
+                                      (UPLOAD_FIELD, upload)) if value is not None]
     if len(given) != 1:
         what = " and ".join(given) if given else "none of them"
         return _invalid("text", f"give exactly one of text, audio_url and an audio file part (got {what})")
@@ -213,10 +222,14 @@ def _speech_source(body: dict[str, Any]) -> Intake | Response | None:
     413: "The body (or the audio upload) is larger than the bridge accepts",
     422: "The body is invalid, the audio was refused, the avatar is unknown, or the Idempotency-Key was used "
          "with another body",
+    429: "The API key has as many jobs queued or running, or stores as many bytes, as the bridge allows per key; "
+         "the response has Retry-After",
     503: "Tokens cannot be verified or the job queue is unavailable; the response has Retry-After"})
 def create_job(body: dict[str, Any]) -> Any:
     st = state()
     claims = current_claims()
+    if (failure := file_parts_problem(UPLOAD_FIELD)) is not None:
+        return failure
     if body["avatar_id"] and body["avatar_ids"]:
         return _invalid("avatar_ids", "give avatar_id or avatar_ids, not both")
     avatars = body["avatar_ids"] or [body["avatar_id"] or DEFAULT_AVATAR]
@@ -224,6 +237,8 @@ def create_job(body: dict[str, Any]) -> Any:
     for avatar_id in avatars:
         if (failure := avatar_problem(avatar_id, field)) is not None:
             return failure
+    if (failure := speech_problem(body)) is not None:
+        return failure
     if body["callback_url"]:
         try:
             check_callback(body["callback_url"])
@@ -244,18 +259,27 @@ def create_job(body: dict[str, Any]) -> Any:
     fingerprint = _fingerprint({**inputs, "callback_url": body["callback_url"]}) if key is not None else None
     job_id = new_job_id()
     try:
+        size = source.path.stat().st_size if source is not None else 0
         if source is not None:
             st.storage.put_input(job_id, inputs["audio"], source.path)
-        job, created = st.db.create_job(claims.sub, {**inputs, "kid": claims.kid}, idempotency_key=key,
+        job, created = st.db.create_job(current_owner(), {**inputs, "kid": claims.kid}, idempotency_key=key,
                                         fingerprint=fingerprint, callback_url=body["callback_url"], job_id=job_id,
-                                        queue=st.settings.queue)
+                                        queue=st.settings.queue, stored_bytes=size,
+                                        quota=quota_for(st.settings, claims.admin))
     except IdempotencyConflict:
+        st.storage.drop_job(job_id)
         return problem(422, None, "this Idempotency-Key was already used with a different request body",
                        IDEMPOTENCY, "Idempotency-Key", code="idempotency_key_reused")
+    except QuotaExceeded as exc:
+        st.storage.drop_job(job_id)
+        return quota_problem(exc, claims.kid, st.db, st.settings)
+    except BaseException:
+        st.storage.drop_job(job_id)  # no row was written: leave no directory without one
+        raise
     finally:
         if source is not None:
             source.discard()
-    if not created and source is not None:
+    if not created:
         st.storage.drop_job(job_id)  # a replay: the first request's copy is the one its job uses
     if created or job.dispatched_at is None:
         failure = dispatch(st.db, job)
@@ -265,9 +289,9 @@ def create_job(body: dict[str, Any]) -> Any:
 
 
 def _callers_job(job_id: str) -> Job | None:
-    """The job if the caller may see it (its own, or any for an admin), else None: 404 either way."""
-    claims = current_claims()
-    return state().db.get_job(job_id, None if claims.admin else claims.sub) if JOB_ID.fullmatch(job_id) else None
+    """The job if the caller may see it (its key's and its sub's, or any for an admin), else None: 404 either way."""
+    owner = None if current_claims().admin else current_owner()
+    return state().db.get_job(job_id, owner) if JOB_ID.fullmatch(job_id) else None
 
 
 @bp.get("/v1/jobs/<job_id>")
@@ -315,7 +339,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     when = datetime.fromisoformat(created)
     if when.tzinfo is None or not JOB_ID.fullmatch(job_id):
         raise ValueError("bad cursor")
-    return when, job_id
+    return when.astimezone(UTC), job_id  # OverflowError for a time that exists only in some other zone
 
 
 @bp.get("/v1/jobs")
@@ -330,9 +354,9 @@ def list_jobs(query: dict[str, Any]) -> Any:
     if query["cursor"] is not None:
         try:
             after = _decode_cursor(query["cursor"])
-        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-            return _invalid("cursor", "not a cursor this API returned", "query")
-    page = st.db.list_jobs(current_claims().sub, after, query["limit"])
+        except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
+            return _invalid("cursor", "not a cursor this API returned; pass next_cursor from the last page", "query")
+    page = st.db.list_jobs(current_owner(), after, query["limit"])
     next_cursor = _encode_cursor(page.next_after) if page.next_after else None
     headers = {"Link": f'</v1/jobs?limit={query["limit"]}&cursor={next_cursor}>; rel="next"'} if next_cursor else {}
     return {"jobs": [job_json(job, st.links) for job in page.jobs], "next_cursor": next_cursor}, 200, headers

@@ -6,9 +6,12 @@
    worker → compare-and-set), so time spent queued behind other renders is not counted.
 2. End-to-end latency of a ~3-second sentence on an idle stack: POST → poll → first byte of the
    video through its link, against the same render done directly by the engine in one process.
-3. A soak (SOAK_S seconds, default 600): RSS and open descriptors of the API and the workers.
+3. Fairness between tenants: key A queues 40 jobs; key B submits one while A's first renders run. B's wait
+   from submit to start, in renders started meanwhile and in multiples of one render, against the FIFO wait
+   (everything A had queued ahead).
+4. A soak (SOAK_S seconds, default 600): RSS and open descriptors of the API and the workers.
 
-BENCH_PHASES (comma-separated, default ``overhead,latency,soak``) runs a subset. The overhead phase runs
+BENCH_PHASES (comma-separated, default ``overhead,fairness,latency,soak``) runs a subset. The overhead phase runs
 once per job table in BENCH_DATABASES (default ``sqlite,postgresql``: one host's default, and what
 several hosts share); the others on the first only.
 
@@ -63,7 +66,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    phases = os.environ.get("BENCH_PHASES", "overhead,latency,soak").split(",")
+    phases = os.environ.get("BENCH_PHASES", "overhead,fairness,latency,soak").split(",")
     databases = os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")
     engine_root = Path(os.environ.get("ENGINE_STORAGE_ROOT", REPO / "var"))
     ensure_samples(EngineSettings(storage_root=engine_root))
@@ -74,6 +77,8 @@ def main() -> None:
                 overhead(base, key, settings)
             if index > 0:  # the rest measure rendering and memory, not the table
                 continue
+            if "fairness" in phases:
+                fairness(base, key, settings)
             if "latency" in phases:
                 latency(base, key, engine_root)
             if "soak" in phases:
@@ -160,6 +165,40 @@ def overhead(base: str, key: str, settings: BridgeSettings) -> None:
     duplicated = sum(1 for r in rows if r.attempts != 1 or len(r.outputs) != 1)
     print(f"  lost {JOBS - len(rows)}, failed {sum(1 for j in jobs if j['status'] != 'succeeded')}, "
           f"run more than once {duplicated}")
+
+
+BACKLOG = 40
+
+
+def fairness(base: str, key: str, settings: BridgeSettings) -> None:
+    """Tenant A's backlog against tenant B's single job: B should start after at most one more render."""
+    other = KeyStore(settings.keys_path).create()
+
+    def submit(api_key: str, text: str) -> str:
+        response = requests.post(f"{base}/v1/jobs", json={"text": text, "avatar_id": PHOTO_ID},
+                                 headers=_token(api_key), timeout=60)
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    backlog = [submit(key, f"Backlog sentence number {n}.") for n in range(BACKLOG)]
+    while requests.get(f"{base}/v1/jobs/{backlog[1]}", headers=_token(key), timeout=30).json()["status"] == "queued":
+        time.sleep(0.02)  # both workers busy with A's jobs
+    late = submit(other, SENTENCE)
+    jobs = [_wait(base, key, job_id) for job_id in backlog] + [_wait(base, other, late)]
+    assert all(job["status"] == "succeeded" for job in jobs), [j for j in jobs if j["status"] != "succeeded"]
+    db = Database(settings.database)
+    rows = {job["id"]: db.get_job(job["id"]) for job in jobs}
+    b = rows[late]
+    a = [rows[job_id] for job_id in backlog]
+    ahead = sum(1 for r in a if r.started_at > b.created_at)  # A jobs a FIFO queue would have run first
+    overtaken = sum(1 for r in a if b.created_at < r.started_at < b.started_at)
+    render = statistics.median(r.timings["total"] for r in a if r.timings)
+    waited = (b.started_at - b.created_at).total_seconds()
+    print(f"Fairness, key A queues {BACKLOG} jobs, key B submits 1 while A's first two render (2 workers):")
+    print(f"  B's job started after {overtaken} more render(s) started; a FIFO queue would have run {ahead} first")
+    print(f"  B waited {waited:6.2f} s from submit to start = {waited / render:5.2f}x one render "
+          f"(render p50 {render:.2f} s); FIFO estimate {ahead * render / 2:6.1f} s")
+    db.dispose()
 
 
 def latency(base: str, key: str, engine_root: Path) -> None:
