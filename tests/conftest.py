@@ -6,6 +6,7 @@ import json
 import shutil
 import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,16 @@ def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server on loopback for the session; tests take a fresh database each (``create_database``)."""
     with run_postgres() as server:
         yield server
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def job_table(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A job table's URL, once per backend for the module: a SQLite file (one host's default), or a fresh
+    database on the session's PostgreSQL server (what API and workers on several hosts share)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobs.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database(f"jobs_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import concurrent.futures
 import json
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,19 +34,9 @@ from tests.bridge_fixtures import (
     free_port,
     make_settings,
 )
-from tests.pg_fixture import PostgresServer
 
 AVATAR = "astronaut-photo"  # the small 512² sample: fast to render
 
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def job_table(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The job table's URL: a SQLite file, or a fresh database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobs.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database(f"jobs_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="module")

@@ -39,14 +39,6 @@ PHOTO = "astronaut-photo"
 ALL = sorted(SCOPES)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def job_table(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobs.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database(f"tenants_{uuid.uuid4().hex[:12]}")
-
-
 @dataclass
 class Api:
     """The API without a worker: accepted jobs stay queued, which is what counts against a quota."""

@@ -17,10 +17,18 @@ from apiflask.validators import Length
 from flask import Response, request
 
 from bridge.api.deps import SECURITY_SCHEME, current_claims, current_owner, require_token, state
-from bridge.api.intake import UploadBody, file_parts_problem, refused, take_upload, take_url, url_field
+from bridge.api.intake import (
+    UploadBody,
+    file_parts_problem,
+    insert_job,
+    refused,
+    take_upload,
+    take_url,
+    url_field,
+)
 from bridge.api.jobs import JobOut, _invalid, dispatch, idempotency_key
-from bridge.api.quotas import quota_for, quota_problem
-from bridge.db import AvatarRow, IdempotencyConflict, QuotaExceeded, new_job_id
+from bridge.api.quotas import quota_for
+from bridge.db import AvatarRow, Job, new_job_id
 from bridge.jobview import iso, job_json
 from bridge.names import display_name
 from bridge.problems import TYPE_BASE, problem
@@ -133,27 +141,22 @@ def create_avatar(body: dict[str, Any]) -> Any:
     inputs = {"upload": upload_name, "avatar_id": avatar_id, "name": name, "upload_sha256": source.sha256,
               "kid": claims.kid}
     job_id = new_job_id()
-    try:
+
+    def create() -> tuple[Job, bool]:
         size = source.path.stat().st_size
         st.storage.put_input(job_id, upload_name, source.path)
-        job, created = st.db.create_job(
+        return st.db.create_job(
             current_owner(), inputs, idempotency_key=key, kind="avatar", avatar=(avatar_id, name), job_id=job_id,
             queue=st.settings.queue, stored_bytes=size, quota=quota_for(st.settings, claims.admin),
             fingerprint=source.sha256 + (body["name"] or "") if key is not None else None)
-    except IdempotencyConflict:
-        st.storage.drop_job(job_id)
-        return problem(422, None, "this Idempotency-Key was already used with a different upload",
-                       TYPE_BASE + "idempotency-key-reused", "Idempotency-Key", code="idempotency_key_reused")
-    except QuotaExceeded as exc:
-        st.storage.drop_job(job_id)
-        return quota_problem(exc, claims.kid, st.db, st.settings)
-    except BaseException:
-        st.storage.drop_job(job_id)  # no row was written: leave no directory without one
-        raise
+
+    try:
+        inserted = insert_job(job_id, create, "upload")
     finally:
         source.discard()
-    if not created:
-        st.storage.drop_job(job_id)
+    if isinstance(inserted, Response):
+        return inserted
+    job, created = inserted
     row = st.db.avatar(job.inputs["avatar_id"])
     if row is None:  # a replay of a request whose avatar has since been deleted
         return problem(410, None, "this Idempotency-Key made an avatar that has since been deleted; to add it "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,12 @@ from flask import Response, request
 from marshmallow import RAISE, ValidationError, pre_load
 from werkzeug.datastructures import FileStorage
 
-from bridge.api.deps import state
+from bridge.api.deps import current_claims, state
+from bridge.api.quotas import quota_problem
+from bridge.db import IdempotencyConflict, Job, QuotaExceeded
 from bridge.fetch import check_url, fetch, fetch_policy
 from bridge.media_check import CheckedMedia, Expect, MediaLimits, check_media
-from bridge.problems import VALIDATION, problem
+from bridge.problems import TYPE_BASE, VALIDATION, problem
 from engine import EngineError
 
 CHUNK = 1 << 20
@@ -79,6 +81,34 @@ def take_url(url: str, expect: Expect, field: str) -> Intake:
 def check_callback(url: str) -> None:
     """Refuse a callback URL the notifier would refuse, at submit time."""
     check_url(url, fetch_policy(state().settings), field="callback_url")
+
+
+IDEMPOTENCY_REUSED = TYPE_BASE + "idempotency-key-reused"
+
+
+def insert_job(job_id: str, create: Callable[[], tuple[Job, bool]], what: str) -> tuple[Job, bool] | Response:
+    """Run ``create`` (move the checked input into the job's folder, then insert its row) for a new job id.
+
+    Whatever goes wrong, no folder is left without a row: a key reused with another ``what`` (422), a quota
+    (429), a database that refused or went away (re-raised). A replay (``created`` False) keeps the first
+    request's folder and drops this one's.
+    """
+    st = state()
+    try:
+        job, created = create()
+    except IdempotencyConflict:
+        st.storage.drop_job(job_id)
+        return problem(422, None, f"this Idempotency-Key was already used with a different {what}",
+                       IDEMPOTENCY_REUSED, "Idempotency-Key", code="idempotency_key_reused")
+    except QuotaExceeded as exc:
+        st.storage.drop_job(job_id)
+        return quota_problem(exc, str(current_claims().kid), st.db, st.settings)
+    except BaseException:
+        st.storage.drop_job(job_id)
+        raise
+    if not created:
+        st.storage.drop_job(job_id)
+    return job, created
 
 
 MAX_URL_CHARS = 2048

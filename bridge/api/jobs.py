@@ -29,15 +29,16 @@ from bridge.api.intake import (
     UploadBody,
     check_callback,
     file_parts_problem,
+    insert_job,
     refused,
     take_upload,
     take_url,
     url_field,
 )
-from bridge.api.quotas import quota_for, quota_problem
+from bridge.api.quotas import quota_for
 from bridge.api.speech import check_lang, check_voice, speech_problem
 from bridge.api.voices import voice_backend
-from bridge.db import Database, IdempotencyConflict, Job, QuotaExceeded, new_job_id
+from bridge.db import Database, Job, new_job_id
 from bridge.jobview import job_json
 from bridge.problems import TYPE_BASE, UNAVAILABLE, VALIDATION, problem
 from bridge.storage import JOB_ID
@@ -53,7 +54,6 @@ MAX_BATCH = 10
 DEFAULT_AVATAR = "astronaut"
 RESOLUTIONS = ("source", "720p", "1080p")
 RENDERERS = ("procedural", "wav2lip", "heygem")
-IDEMPOTENCY = TYPE_BASE + "idempotency-key-reused"
 FINISHED = TYPE_BASE + "job-finished"
 UPLOAD_FIELD = "audio"
 
@@ -258,29 +258,24 @@ def create_job(body: dict[str, Any]) -> Any:
         inputs.update(text=None, audio=f"audio.{source.media.ext.lstrip('.')}", audio_sha256=source.sha256)
     fingerprint = _fingerprint({**inputs, "callback_url": body["callback_url"]}) if key is not None else None
     job_id = new_job_id()
-    try:
-        size = source.path.stat().st_size if source is not None else 0
+
+    def create() -> tuple[Job, bool]:
+        size = 0
         if source is not None:
+            size = source.path.stat().st_size
             st.storage.put_input(job_id, inputs["audio"], source.path)
-        job, created = st.db.create_job(current_owner(), {**inputs, "kid": claims.kid}, idempotency_key=key,
-                                        fingerprint=fingerprint, callback_url=body["callback_url"], job_id=job_id,
-                                        queue=st.settings.queue, stored_bytes=size,
-                                        quota=quota_for(st.settings, claims.admin))
-    except IdempotencyConflict:
-        st.storage.drop_job(job_id)
-        return problem(422, None, "this Idempotency-Key was already used with a different request body",
-                       IDEMPOTENCY, "Idempotency-Key", code="idempotency_key_reused")
-    except QuotaExceeded as exc:
-        st.storage.drop_job(job_id)
-        return quota_problem(exc, claims.kid, st.db, st.settings)
-    except BaseException:
-        st.storage.drop_job(job_id)  # no row was written: leave no directory without one
-        raise
+        return st.db.create_job(current_owner(), {**inputs, "kid": claims.kid}, idempotency_key=key,
+                                fingerprint=fingerprint, callback_url=body["callback_url"], job_id=job_id,
+                                queue=st.settings.queue, stored_bytes=size, quota=quota_for(st.settings, claims.admin))
+
+    try:
+        inserted = insert_job(job_id, create, "request body")
     finally:
         if source is not None:
             source.discard()
-    if not created:
-        st.storage.drop_job(job_id)  # a replay: the first request's copy is the one its job uses
+    if isinstance(inserted, Response):
+        return inserted
+    job, created = inserted
     if created or job.dispatched_at is None:
         failure = dispatch(st.db, job)
         if failure is not None:
