@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from apiflask import APIFlask
 from apiflask.schema_adapters.marshmallow import parser as webargs_parser
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from flask_swagger_ui import get_swaggerui_blueprint
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
@@ -20,6 +20,7 @@ from bridge import metrics as bridge_metrics
 from bridge import problems
 from bridge.api import avatars, files, health, jobs, metrics, voices, whoami
 from bridge.api.deps import SECURITY_SCHEME, BridgeState
+from bridge.api.jsonbody import refuse_unreadable_values
 from bridge.auth import TOKEN_TYPE, RedisReplayStore, ReplayStore
 from bridge.bodies import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, BodyGuard, BodyLimits, problem_handlers
 from bridge.db import DB_UNAVAILABLE, Database
@@ -78,6 +79,7 @@ def create_app(
     for unavailable in DB_UNAVAILABLE:
         app.register_error_handler(unavailable, _database_unavailable)
     webargs_parser.unknown = None  # let each schema's Meta.unknown (RAISE) apply to query strings too
+    refuse_unreadable_values(webargs_parser)
     app.spec_processor(lambda spec: document_uploads(problems.document_problem_responses(spec)))
     app.wsgi_app = BodyGuard(app.wsgi_app, limits)  # type: ignore[method-assign]
     for refused, handler in problem_handlers(limits).items():
@@ -116,7 +118,22 @@ def create_app(
     app.register_blueprint(voices.bp)
     app.register_blueprint(avatars.bp)
     app.register_blueprint(docs_blueprint())
+    app.after_request(_safety_headers)
     return app
+
+
+DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+               "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'")
+"""What the docs page may load: only this origin (Swagger UI's page sets itself up with an inline script)."""
+
+
+def _safety_headers(response: Response) -> Response:
+    """Browsers must take every answer as the type it says (a downloaded file never becomes a page), and the docs
+    page may run nothing from another origin."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.path == DOCS_PATH or request.path.startswith(DOCS_PATH + "/"):
+        response.headers.setdefault("Content-Security-Policy", DOCS_POLICY)
+    return response
 
 
 DOCS_PATH = "/docs"

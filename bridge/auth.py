@@ -142,6 +142,8 @@ def check_sub(sub: object) -> str:
     """
     if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUB_CHARS:
         raise AuthError(f"sub claim must be a string of 1 to {MAX_SUB_CHARS} characters", "invalid_sub")
+    if not sub.strip():
+        raise AuthError("sub claim must not be only spaces", "invalid_sub")
     if not sub.isprintable():
         raise AuthError("sub claim must contain only printable characters (no NUL, control or line-break "
                         "characters)", "invalid_sub")

@@ -9,9 +9,15 @@ chunked bodies alike:
 - a body that grows past the limit while streaming is refused one byte past it (nothing is truncated);
 - a body still arriving ``timeout_s`` after the request started is refused with 408. A blocked ``recv`` cannot
   watch a clock, so a timer shuts the socket's read side, which wakes it;
-- at most ``readers`` requests per process read a body at once (a few threads fewer than the process has):
-  a client with a valid token that trickles its body holds a thread until the deadline, and without this
-  cap twenty of them would hold every thread, ``/livez`` included. One more gets 503 with Retry-After.
+- at most ``readers`` requests per process read a body at once (a few threads fewer than the process has),
+  and at most half of those for any one API key: a client with a valid token that trickles its body holds a
+  thread until the deadline, and without these caps twenty of them would hold every thread, ``/livez``
+  included, or every slot, so that no other tenant could submit. One more gets 503 with Retry-After;
+- a refused body is not read, but the client may still be sending it, and most clients (python-requests, so
+  the Dify plugin) read the answer only once they have sent everything. Closing at once would make the
+  kernel reset the connection, and the client would never see its 401 or 413. So the connection is handed
+  to a lingering thread that half-closes it and discards what still arrives, for a bounded time and size, as
+  nginx's lingering close does; gunicorn's own thread and main loop are free at once.
 
 A response sent before its request's body was read to the end also shuts the socket down once the response is
 out. Otherwise gunicorn would drain the rest of the body on keep-alive, holding a thread, or linger on it in its
@@ -29,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flask import g, has_request_context
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, RequestTimeout, ServiceUnavailable
 from werkzeug.wsgi import ClosingIterator
 
@@ -54,6 +61,14 @@ FREE_THREADS = 2
 SLOT_WAIT_S = 0.2
 """How long a request waits for a reading slot: bursts of quick bodies pass, a thread is never held long."""
 BUSY_RETRY_S = 2
+LINGER_S = 10.0
+"""How long a refused body is drained at most, so its client gets to read the answer."""
+LINGER_READ_S = 2.0
+"""A lingering connection that sends nothing for this long is closed."""
+MAX_LINGERING = 16
+LINGER_MIN_BYTES = 256 << 20
+"""A refused body is drained up to twice the upload limit (at least this): past that, its client is cut off."""
+"""Connections one process drains at once; past that, a refused body's connection is closed at once."""
 
 
 class BodyTooLarge(RequestEntityTooLarge):
@@ -62,6 +77,10 @@ class BodyTooLarge(RequestEntityTooLarge):
 
 class BodyTooSlow(RequestTimeout):
     """408: the body did not arrive in time."""
+
+
+class BodyCutShort(BadRequest):
+    """400: the body ended before the length its Content-Length announced."""
 
 
 class TooManyBodies(ServiceUnavailable):
@@ -99,15 +118,85 @@ class BodyLimits:
                 f"than {MAX_FORM_PARTS} parts; send fewer, shorter fields")
 
 
+class ReadingSlots:
+    """The body-reading slots of one API process: ``total`` in all, at most ``per_key`` for one API key."""
+
+    def __init__(self, total: int, per_key: int) -> None:
+        self._free = threading.BoundedSemaphore(total)
+        self._per_key = per_key
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str | None) -> None:
+        """Take a slot for ``key`` (None: a caller without one) or raise TooManyBodies saying which cap."""
+        if key is not None:
+            with self._lock:
+                if self._held.get(key, 0) >= self._per_key:
+                    raise TooManyBodies(f"this API key already has {self._per_key} uploads arriving at this server; "
+                                        "wait for one to finish, then retry")
+                self._held[key] = self._held.get(key, 0) + 1
+        if not self._free.acquire(timeout=SLOT_WAIT_S):
+            self._forget(key)
+            raise TooManyBodies("too many uploads are arriving at once; retry in a few seconds")
+
+    def give(self, key: str | None) -> None:
+        self._free.release()
+        self._forget(key)
+
+    def _forget(self, key: str | None) -> None:
+        if key is None:
+            return
+        with self._lock:
+            left = self._held.get(key, 0) - 1
+            if left > 0:
+                self._held[key] = left
+            else:
+                self._held.pop(key, None)
+
+
+_lingering = threading.BoundedSemaphore(MAX_LINGERING)
+
+
+def _linger(conn: socket.socket, max_bytes: int) -> None:
+    """Half-close after the answer, then discard what the client still sends (bounded), then close."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        end = time.monotonic() + LINGER_S
+        drained = 0
+        while drained <= max_bytes:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            conn.settimeout(min(left, LINGER_READ_S))
+            data = conn.recv(1 << 16)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+        _lingering.release()
+
+
+def _caller_key() -> str | None:
+    """The API key of the request being served, once its token was verified (bodies are read after that)."""
+    claims = getattr(g, "claims", None) if has_request_context() else None
+    return getattr(claims, "kid", None)
+
+
 class GuardedBody(io.RawIOBase):
     """``wsgi.input`` as the app sees it: counted, capped and under a deadline."""
 
     def __init__(self, raw: Any, limits: BodyLimits, environ: WSGIEnvironment, started: float,
-                 slots: threading.BoundedSemaphore | None = None) -> None:
+                 slots: ReadingSlots | None = None, force_close: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._raw = raw
         self._slots = slots
-        self._holding = False
+        self._holder: tuple[str | None] | None = None
+        """While a reading slot is held: (the API key it counts against,)."""
+        self._force_close = force_close
+        self._linger_bytes = max(2 * limits.max_bytes, LINGER_MIN_BYTES)
         self._armed = False
         self._limit, self._too_large = limits.refusal(environ.get("CONTENT_TYPE", ""))
         self._declared = _content_length(environ)
@@ -144,6 +233,9 @@ class GuardedBody(io.RawIOBase):
             if self._expired:
                 raise self._too_slow()
             self._end()
+            if self._declared is not None and self._count < self._declared:
+                raise BodyCutShort(f"the request body ended after {self._count} of the {self._declared} bytes its "
+                                   "Content-Length announced; send it again")
             return 0
         self._count += len(data)
         if self._count > self._limit:
@@ -154,11 +246,19 @@ class GuardedBody(io.RawIOBase):
         return len(data)
 
     def release(self) -> None:
-        """After the response is out: stop the timer, and end the connection if the body was not read to its end."""
+        """After the response is out: stop the timer, and end the connection if the body was not read to its end
+        (lingering, so the client still reads the answer, when gunicorn's socket can be taken over)."""
         self._settle()
-        if not self._ended and self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
+        if self._ended or self._sock is None:
+            return
+        if self._force_close is not None and type(self._sock) is socket.socket and _lingering.acquire(blocking=False):
+            self._force_close()  # gunicorn must not keep the connection alive and drain it in one of its threads
+            conn = socket.socket(fileno=self._sock.detach())  # gunicorn's close of its socket is now a no-op
+            threading.Thread(target=_linger, args=(conn, self._linger_bytes), name="bridge-linger",
+                             daemon=True).start()
+            return
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def _arm(self) -> None:
         """Before reading: refuse a declared length over the limit, or a deadline already passed; take a reading
@@ -169,10 +269,13 @@ class GuardedBody(io.RawIOBase):
         if remaining <= 0:
             raise self._too_slow()
         if self._slots is not None:
-            if not self._slots.acquire(timeout=SLOT_WAIT_S):
+            key = _caller_key()
+            try:
+                self._slots.take(key)
+            except TooManyBodies:
                 self._settled = True  # nothing read, nothing to time
-                raise TooManyBodies("too many uploads are arriving at once; retry in a few seconds")
-            self._holding = True
+                raise
+            self._holder = (key,)
         if self._sock is not None:
             self._timer = threading.Timer(remaining, self._expire)
             self._timer.daemon = True
@@ -193,9 +296,9 @@ class GuardedBody(io.RawIOBase):
     def _settle(self) -> None:
         with self._lock:
             self._settled = True
-            holding, self._holding = self._holding, False
-        if holding and self._slots is not None:
-            self._slots.release()
+            holder, self._holder = self._holder, None
+        if holder is not None and self._slots is not None:
+            self._slots.give(holder[0])
         if self._timer is not None:
             self._timer.cancel()
 
@@ -225,12 +328,13 @@ class BodyGuard:
     def __init__(self, app: WSGIApplication, limits: BodyLimits) -> None:
         self.app = app
         self.limits = limits
-        self.slots = threading.BoundedSemaphore(limits.readers) if limits.readers else None
+        self.slots = ReadingSlots(limits.readers, max(1, limits.readers // 2)) if limits.readers else None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not _has_body(environ):
             return self.app(environ, start_response)
-        body = GuardedBody(environ["wsgi.input"], self.limits, environ, time.monotonic(), self.slots)
+        body = GuardedBody(environ["wsgi.input"], self.limits, environ, time.monotonic(), self.slots,
+                           _gunicorn_force_close(start_response))
         environ["wsgi.input"] = body
         try:
             result = self.app(environ, start_response)
@@ -239,6 +343,12 @@ class BodyGuard:
             raise
         body.settle()  # the view is done with the body: free its reading slot and timer now, not when sent
         return ClosingIterator(result, body.release)
+
+
+def _gunicorn_force_close(start_response: StartResponse) -> Callable[[], None] | None:
+    """gunicorn's ``start_response`` is a method of its response object, whose ``force_close`` ends the
+    connection after the answer instead of keeping it alive; None under other servers."""
+    return getattr(getattr(start_response, "__self__", None), "force_close", None)
 
 
 def problem_handlers(limits: BodyLimits) -> dict[type[Exception], Callable[[Exception], Response]]:
@@ -256,4 +366,8 @@ def problem_handlers(limits: BodyLimits) -> dict[type[Exception], Callable[[Exce
         return problems.problem(503, None, error.description if isinstance(error, TooManyBodies) else None,
                                 problems.UNAVAILABLE, headers={"Retry-After": str(BUSY_RETRY_S)}, code="busy")
 
-    return {RequestEntityTooLarge: too_large, RequestTimeout: too_slow, TooManyBodies: busy}
+    def cut_short(error: Exception) -> Response:
+        return problems.problem(400, None, error.description if isinstance(error, BodyCutShort) else None,
+                                code="body_cut_short")
+
+    return {RequestEntityTooLarge: too_large, RequestTimeout: too_slow, TooManyBodies: busy, BodyCutShort: cut_short}

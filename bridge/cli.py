@@ -43,6 +43,7 @@ def _serve(settings: BridgeSettings) -> int:
 
     from bridge.db import Database
 
+    settings.storage_root.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
     database = Database(settings.database)
     database.create_all()  # once, before forking: workers creating tables at the same time collide
     database.dispose()

@@ -79,6 +79,12 @@ def problem(
     return response
 
 
+def invalid(field: str, message: str, code: str, where: str = "body") -> Response:
+    """A 422 naming the field (``detail`` starts with it) with a machine-readable ``code``."""
+    return problem(422, None, f"{field}: {message}", VALIDATION, field, code=code,
+                   errors=[{"in": where, "field": field, "message": message}])
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

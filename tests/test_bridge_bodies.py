@@ -36,6 +36,7 @@ SLOW_BODIES = 20
 class Served:
     base: str
     api_key: str
+    other_key: str
 
     def token(self) -> str:
         return mint_token(self.api_key, "tenant-a", RW, AUD, ISS)
@@ -45,11 +46,12 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("bodies")
     settings = make_settings(root / "bridge", redis_server.url)
-    api_key = KeyStore(settings.keys_path).create()
+    keys = KeyStore(settings.keys_path)
+    api_key, other_key = keys.create(), keys.create()
     env = worker_env(settings, root / "engine", **settings_env(
         max_content_length=UPLOAD_LIMIT, body_timeout_s=BODY_TIMEOUT_S, min_free_bytes=0))
     with run_bridge_serve(env, root / "serve.log") as base:
-        yield Served(base, api_key)
+        yield Served(base, api_key, other_key)
 
 
 def send_head(served: Served, headers: dict[str, str], path: str = "/v1/jobs") -> socket.socket:
@@ -225,3 +227,63 @@ def test_slow_bodies_with_valid_tokens_take_only_the_reading_slots(served: Serve
     assert set(statuses) <= {408, 503} and statuses.count(408) <= readers, statuses
     busy = next(problem for status, _, problem in answers if status == 503)
     assert busy["code"] == "busy" and "retry" in busy["detail"]
+
+
+def test_a_client_that_sends_everything_before_reading_still_gets_its_answer(served: Served) -> None:
+    """python-requests, so the Dify plugin, sends a whole upload before it reads a byte of the answer: a refused
+    upload (no token, or over the limit) must still be answered, not reset or left hanging."""
+    big = bytes(32 * UPLOAD_LIMIT)  # more than the kernel's socket buffers take in
+    url = f"{served.base}/v1/jobs"
+    unauthenticated = requests.post(url, files={"audio": ("a.wav", big)}, timeout=30)
+    assert (unauthenticated.status_code, unauthenticated.json()["code"]) == (401, "missing_token")
+    too_large = requests.post(url, files={"audio": ("a.wav", big)}, headers=auth(served), timeout=30)
+    assert (too_large.status_code, too_large.json()["code"]) == (413, "body_too_large")
+
+
+def test_one_key_cannot_take_every_reading_slot(served: Served) -> None:
+    """Twenty trickled bodies under one key take at most half of each process's reading slots; another key's
+    submits are still read and answered."""
+    headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    socks = [send_head(served, auth(served, **headers)) for _ in range(SLOW_BODIES)]
+    with contextlib.ExitStack() as stack:
+        for sock in socks:
+            stack.enter_context(sock)
+            stack.enter_context(sending(sock, itertools.repeat(chunk(b" ")), every_s=1.0))
+        token = mint_token(served.other_key, "tenant-b", RW, AUD, ISS)
+        theirs = requests.post(f"{served.base}/v1/jobs", json={"text": "Mine.", "avatar_id": "no-such-avatar"},
+                               headers={"Authorization": f"Bearer {token}"}, timeout=BODY_TIMEOUT_S - 1)
+        answers = [answer(sock) for sock in socks]
+    assert (theirs.status_code, theirs.json()["field"]) == (422, "avatar_id"), theirs.text  # read and checked
+    busy = [problem for status, _, problem in answers if status == 503]
+    assert busy and any("this API key" in problem["detail"] for problem in busy), answers
+
+
+@pytest.mark.parametrize(("content_type", "status", "code"), [
+    ("text/plain", 415, "unsupported_media_type"),
+    (None, 415, "unsupported_media_type"),
+    ("application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ("multipart/form-data", 400, "malformed_body"),
+])
+def test_a_body_of_another_type_is_named_not_ignored(served: Served, content_type: str | None, status: int,
+                                                      code: str) -> None:
+    headers = auth(served) | ({"Content-Type": content_type} if content_type else {})
+    response = requests.post(f"{served.base}/v1/jobs", data=b'{"text": "Hello."}', headers=headers, timeout=30)
+    assert (response.status_code, response.json()["code"]) == (status, code), response.text
+    if status == 415:
+        assert "application/json" in response.json()["detail"]
+
+
+def test_a_body_cut_short_is_400_saying_so(served: Served) -> None:
+    headers = auth(served, **{"Content-Type": "application/json", "Content-Length": "100"})
+    with send_head(served, headers) as sock:
+        sock.sendall(b'{"text": "Hello')
+        sock.shutdown(socket.SHUT_WR)
+        status, _, problem = answer(sock)
+    assert status == 400 and "ended after 15 of the 100 bytes" in problem["detail"], problem
+
+
+def test_a_number_python_will_not_read_is_400_not_500(served: Served) -> None:
+    body = b'{"text": "Hello.", "x": ' + b"9" * 5000 + b"}"
+    response = requests.post(f"{served.base}/v1/jobs", data=body, timeout=30,
+                             headers=auth(served, **{"Content-Type": "application/json"}))
+    assert response.status_code == 400 and response.headers["Content-Type"] == "application/problem+json"

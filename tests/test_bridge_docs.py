@@ -80,3 +80,9 @@ def test_the_docs_load_every_file_from_the_bridge(client: FlaskClient) -> None:
 def test_swagger_ui_sends_the_spec_to_no_validator(client: FlaskClient) -> None:
     """Swagger UI's default validator badge is an image from validator.swagger.io, carrying the spec's URL."""
     assert '"validatorUrl": "none"' in client.get("/docs").get_data(as_text=True)
+
+
+def test_the_docs_may_load_only_from_the_bridge_and_nothing_is_sniffed(client: FlaskClient) -> None:
+    policy = client.get("/docs").headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert all(client.get(path).headers["X-Content-Type-Options"] == "nosniff" for path in ("/docs", "/livez"))

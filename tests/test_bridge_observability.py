@@ -435,11 +435,21 @@ def test_heartbeat_thread_beats_and_forgets_on_stop(client: redis.Redis) -> None
 
 
 def test_heartbeat_survives_a_dead_redis(caplog: pytest.LogCaptureFixture) -> None:
+    class Counted(Heartbeat):
+        beats = 0
+
+        def beat_once(self) -> bool:
+            self.beats += 1
+            return super().beat_once()
+
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.1, socket_timeout=0.1, retry=Retry(NoBackoff(), 0))
-    heartbeat = Heartbeat(dead, "render-4@host", interval_s=0.02)
+    heartbeat = Counted(dead, "render-4@host", interval_s=0.02)
     with caplog.at_level(logging.WARNING, logger="bridge.metrics"):
         heartbeat.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while heartbeat.beats < 5:  # several failed beats, however slowly this machine schedules the thread
+            assert time.monotonic() < deadline, "the heartbeat thread stopped beating"
+            time.sleep(0.01)
         alive = heartbeat.running
         heartbeat.stop(timeout_s=2)
     assert alive and not heartbeat.running and heartbeat.beat_once() is False

@@ -21,17 +21,18 @@ from bridge.api.intake import (
     UploadBody,
     file_parts_problem,
     insert_job,
+    json_or_multipart,
     refused,
     take_upload,
     take_url,
     url_field,
 )
-from bridge.api.jobs import JobOut, _invalid, dispatch, idempotency_key
+from bridge.api.jobs import JobOut, dispatch, idempotency_key
 from bridge.api.quotas import quota_for
 from bridge.db import AvatarRow, Job, new_job_id
 from bridge.jobview import iso, job_json
 from bridge.names import display_name
-from bridge.problems import TYPE_BASE, problem
+from bridge.problems import TYPE_BASE, invalid, problem
 from engine import EngineError
 from engine.avatars import ID_PATTERN, Avatar, AvatarStore
 
@@ -107,11 +108,13 @@ def list_avatars() -> Any:
 
 @bp.post("/v1/avatars")
 @require_token("avatars:write")
+@json_or_multipart
 @bp.input(AvatarIn, location="json_or_form", arg_name="body")
 @bp.output(AvatarCreated, status_code=202,
            description="Accepted: the avatar is processing; poll the job (Location) until it succeeds.")
 @bp.doc(summary="Add an avatar", security=SECURITY_SCHEME, responses={
     403: "The token lacks the avatars:write scope", 413: "The upload is larger than the bridge accepts",
+    415: "The body is neither application/json nor multipart/form-data",
     410: "The Idempotency-Key was used for an avatar that has since been deleted",
     422: "No file or url, or the media was refused (not a video or photo, too long, too large)",
     429: "The API key has as many avatars, or stores as many bytes, as the bridge allows per key",
@@ -124,7 +127,7 @@ def create_avatar(body: dict[str, Any]) -> Any:
     upload = request.files.get(UPLOAD_FIELD)
     if (upload is None) == (body["url"] is None):
         field = "url" if upload is None else UPLOAD_FIELD
-        return _invalid(field, "give exactly one of url and a file part named 'file'")
+        return invalid(field, "give exactly one of url and a file part named 'file'", "one_avatar_source")
     key = idempotency_key()
     if isinstance(key, Response):
         return key

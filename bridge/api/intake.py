@@ -6,12 +6,13 @@ deleted at once; the caller gets a 422 naming the field and the fix.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 from apiflask import Schema
@@ -24,7 +25,7 @@ from bridge.api.quotas import quota_problem
 from bridge.db import IdempotencyConflict, Job, QuotaExceeded
 from bridge.fetch import check_url, fetch, fetch_policy
 from bridge.media_check import CheckedMedia, Expect, MediaLimits, check_media
-from bridge.problems import TYPE_BASE, VALIDATION, problem
+from bridge.problems import TYPE_BASE, VALIDATION, invalid, problem
 from engine import EngineError
 
 CHUNK = 1 << 20
@@ -143,7 +144,40 @@ def url_field(value: str) -> None:
         raise ValidationError("contains spaces or control characters; percent-encode them (%20) or fix the URL")
 
 
-def file_parts_problem(allowed: str) -> Response | None:
+BODY_TYPES = ("application/json", "multipart/form-data")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_or_multipart(view: F) -> F:
+    """Refuse another body type before the body is parsed (put it between ``require_token`` and ``bp.input``)."""
+
+    @functools.wraps(view)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        return content_type_problem() or view(*args, **kwargs)
+
+    return cast(F, checked)
+
+
+def content_type_problem() -> Response | None:
+    """415 unless the body is JSON or multipart/form-data; 400 for a multipart type without its boundary.
+
+    Without this, a JSON body sent as text/plain (or with no Content-Type, as curl -d does not add one but
+    -H can drop) is not read at all, and the caller is told that no field was given.
+    """
+    if request.mimetype not in BODY_TYPES:
+        sent = request.mimetype or "no Content-Type"
+        return problem(415, None, f"the body is {sent}; send application/json (files as multipart/form-data), "
+                       "with a Content-Type header saying so", code="unsupported_media_type",
+                       accepted=list(BODY_TYPES))
+    if request.mimetype == "multipart/form-data" and not request.mimetype_params.get("boundary"):
+        return problem(400, None, "the multipart/form-data Content-Type has no boundary parameter; let your HTTP "
+                       "client build the multipart body and its header", code="malformed_body")
+    return None
+
+
+def file_parts_problem(allowed: str, repeatable: frozenset[str] = frozenset()) -> Response | None:
     """A 422 unless the multipart body has at most one file part, named ``allowed``, with something in it.
 
     Werkzeug would keep a misspelt part, a second copy or an empty "no file chosen" part without a word; the
@@ -152,6 +186,10 @@ def file_parts_problem(allowed: str) -> Response | None:
     for name in request.files:
         if name != allowed:
             return _part_problem(name, f"unknown file part {name!r}; the file goes in the part named {allowed!r}")
+    for name in request.form:
+        count = len(request.form.getlist(name))
+        if count > 1 and name not in repeatable:
+            return _part_problem(name, f"{count} form fields named {name!r}; send it once")
     parts = request.files.getlist(allowed)
     if len(parts) > 1:
         return _part_problem(allowed, f"{len(parts)} file parts named {allowed!r}; send exactly one")
@@ -170,5 +208,4 @@ def _part_size(upload: FileStorage) -> int:
 
 
 def _part_problem(field: str, message: str) -> Response:
-    return problem(422, None, f"{field}: {message}", VALIDATION, field,
-                   errors=[{"in": "files", "field": field, "message": message}])
+    return invalid(field, message, "invalid_part", "files")

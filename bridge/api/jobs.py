@@ -30,6 +30,7 @@ from bridge.api.intake import (
     check_callback,
     file_parts_problem,
     insert_job,
+    json_or_multipart,
     refused,
     take_upload,
     take_url,
@@ -40,7 +41,7 @@ from bridge.api.speech import check_lang, check_voice, speech_problem
 from bridge.api.voices import voice_backend
 from bridge.db import Database, Job, new_job_id
 from bridge.jobview import job_json
-from bridge.problems import TYPE_BASE, UNAVAILABLE, VALIDATION, problem
+from bridge.problems import TYPE_BASE, UNAVAILABLE, invalid, problem
 from bridge.storage import JOB_ID
 from bridge.tasks import publish
 from engine import EngineError
@@ -143,11 +144,6 @@ class ListQuery(Schema):
     cursor = String(load_default=None, allow_none=True, validate=Length(1, 200))
 
 
-def _invalid(field: str, message: str, where: str = "body") -> Response:
-    return problem(422, None, f"{field}: {message}", VALIDATION, field,
-                   errors=[{"in": where, "field": field, "message": message}])
-
-
 def _fingerprint(body: dict[str, Any]) -> str:
     """What 'the same request' means for an Idempotency-Key: the validated body, defaults filled in."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -171,14 +167,15 @@ def avatar_problem(avatar_id: str, field: str) -> Response | None:
     st = state()
     claims = current_claims()
     if not ID_PATTERN.fullmatch(avatar_id):
-        return _invalid(field, "not an avatar id: 1-64 characters a-z, 0-9, '-' or '_'")
-    unknown = _invalid(field, f"there is no avatar {avatar_id!r} you can use: it was deleted, or it is not yours; "
-                              "GET /v1/avatars lists the ones you can use")
+        return invalid(field, "not an avatar id: 1-64 characters a-z, 0-9, '-' or '_'", "invalid_avatar_id")
+    unknown = invalid(field, f"there is no avatar {avatar_id!r} you can use: it was deleted, or it is not yours; "
+                             "GET /v1/avatars lists the ones you can use", "unknown_avatar")
     row = st.db.avatar(avatar_id)
     if row is not None and row.kid != claims.kid and not claims.admin:
         return unknown
     if row is not None and row.status != "ready":
-        return _invalid(field, f"avatar {avatar_id!r} is {row.status}; wait for its job or upload it again")
+        return invalid(field, f"avatar {avatar_id!r} is {row.status}; wait for its job or upload it again",
+                       "avatar_not_ready")
     try:
         AvatarStore(st.engine_settings).get(avatar_id)
     except EngineError:
@@ -189,7 +186,8 @@ def avatar_problem(avatar_id: str, field: str) -> Response | None:
 def idempotency_key() -> str | Response | None:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
-        return _invalid("Idempotency-Key", f"must be 1-{MAX_KEY_LENGTH} printable ASCII characters", "headers")
+        return invalid("Idempotency-Key", f"must be 1-{MAX_KEY_LENGTH} printable ASCII characters",
+                       "invalid_idempotency_key", "headers")
     return key
 
 
@@ -200,10 +198,12 @@ def _speech_source(body: dict[str, Any]) -> Intake | Response | None:
                                       (UPLOAD_FIELD, upload)) if value is not None]
     if len(given) != 1:
         what = " and ".join(given) if given else "none of them"
-        return _invalid("text", f"give exactly one of text, audio_url and an audio file part (got {what})")
+        return invalid("text", f"give exactly one of text, audio_url and an audio file part (got {what})",
+                       "one_speech_source")
     if body["text"] is not None:
         limit = state().engine_settings.max_text_chars
-        return _invalid("text", f"longer than the {limit} characters allowed") if len(body["text"]) > limit else None
+        too_long = len(body["text"]) > limit
+        return invalid("text", f"longer than the {limit} characters allowed", "text_too_long") if too_long else None
     try:
         if upload is not None:
             return take_upload(upload, "audio", UPLOAD_FIELD)
@@ -214,12 +214,14 @@ def _speech_source(body: dict[str, Any]) -> Intake | Response | None:
 
 @bp.post("/v1/jobs")
 @require_token("jobs:write")
+@json_or_multipart
 @bp.input(JobIn, location="json_or_form", arg_name="body")
 @bp.output(JobOut, status_code=202, headers=JobCreatedHeaders,
            description="Accepted: poll the Location until status is succeeded, failed or canceled.")
 @bp.doc(summary="Submit a render job", security=SECURITY_SCHEME, responses={
     403: "The token lacks the jobs:write scope",
     413: "The body (or the audio upload) is larger than the bridge accepts",
+    415: "The body is neither application/json nor multipart/form-data",
     422: "The body is invalid, the audio was refused, the avatar is unknown, or the Idempotency-Key was used "
          "with another body",
     429: "The API key has as many jobs queued or running, or stores as many bytes, as the bridge allows per key; "
@@ -228,10 +230,10 @@ def _speech_source(body: dict[str, Any]) -> Intake | Response | None:
 def create_job(body: dict[str, Any]) -> Any:
     st = state()
     claims = current_claims()
-    if (failure := file_parts_problem(UPLOAD_FIELD)) is not None:
+    if (failure := file_parts_problem(UPLOAD_FIELD, frozenset({"avatar_ids"}))) is not None:
         return failure
     if body["avatar_id"] and body["avatar_ids"]:
-        return _invalid("avatar_ids", "give avatar_id or avatar_ids, not both")
+        return invalid("avatar_ids", "give avatar_id or avatar_ids, not both", "one_avatar_field")
     avatars = body["avatar_ids"] or [body["avatar_id"] or DEFAULT_AVATAR]
     field = "avatar_ids" if body["avatar_ids"] else "avatar_id"
     for avatar_id in avatars:
@@ -350,7 +352,8 @@ def list_jobs(query: dict[str, Any]) -> Any:
         try:
             after = _decode_cursor(query["cursor"])
         except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
-            return _invalid("cursor", "not a cursor this API returned; pass next_cursor from the last page", "query")
+            return invalid("cursor", "not a cursor this API returned; pass next_cursor from the last page",
+                           "invalid_cursor", "query")
     page = st.db.list_jobs(current_owner(), after, query["limit"])
     next_cursor = _encode_cursor(page.next_after) if page.next_after else None
     headers = {"Link": f'</v1/jobs?limit={query["limit"]}&cursor={next_cursor}>; rel="next"'} if next_cursor else {}

@@ -16,7 +16,7 @@ from marshmallow import ValidationError
 from bridge.api.deps import state
 from bridge.api.intake import refused
 from bridge.api.voices import find_voice, listed_voices
-from bridge.problems import VALIDATION, problem
+from bridge.problems import invalid
 from engine.errors import EngineError
 from engine.lipsync.readiness import missing_setup
 from engine.text import TAG_HINT, detect_lang, language_tag, speakable_text
@@ -51,11 +51,6 @@ def check_voice(value: str) -> None:
         raise ValidationError(_no_voice(value))
 
 
-def _invalid(field: str, message: str) -> Response:
-    return problem(422, None, f"{field}: {message}", VALIDATION, field,
-                   errors=[{"in": "body", "field": field, "message": message}])
-
-
 def speech_problem(body: dict[str, Any]) -> Response | None:
     """None when the job's text, voice, language and renderer can be used here; else the first 422."""
     if body["text"] is not None:
@@ -67,7 +62,7 @@ def speech_problem(body: dict[str, Any]) -> Response | None:
     if body["voice"] is not None:
         voice = find_voice(body["voice"])
         if voice is None:
-            return _invalid("voice", _no_voice(body["voice"]))
+            return invalid("voice", _no_voice(body["voice"]), "unknown_voice")
     return _lang_problem(body, voice) or _renderer_problem(body["renderer"])
 
 
@@ -89,7 +84,7 @@ def _lang_problem(body: dict[str, Any], voice: Voice | None) -> Response | None:
     try:
         tag = language_tag(lang)
     except EngineError:
-        return _invalid("lang", _not_a_tag(lang))
+        return invalid("lang", _not_a_tag(lang), "invalid_lang")
     if body["text"] is None or (tag == "auto" and voice is not None):
         return None  # nothing to speak (the audio is given), or the chosen voice reads whatever it is given
     spoken = detect_lang(body["text"], tag)
@@ -97,13 +92,14 @@ def _lang_problem(body: dict[str, Any], voice: Voice | None) -> Response | None:
     if not candidates or any(speaks(v, spoken) for v in candidates):
         return None  # no voices listed: the backend is down or missing, which the worker reports
     if voice is not None:
-        return _invalid("lang", f"voice {voice.id!r} speaks {', '.join(voice.languages)}, not {lang!r}; leave voice "
-                        f"empty to have one chosen for {lang!r}, or pick one that speaks it from {VOICES}")
+        return invalid("lang", f"voice {voice.id!r} speaks {', '.join(voice.languages)}, not {lang!r}; leave voice "
+                       f"empty to have one chosen for {lang!r}, or pick one that speaks it from {VOICES}",
+                       "unspoken_lang")
     if tag == "auto":
-        return _invalid("lang", f"the text looks like {spoken!r} (lang auto) and the server's {backend} TTS has no "
-                        f"voice for it; set lang, or a voice that speaks it from {VOICES}")
-    return _invalid("lang", f"no voice of the server's {backend} TTS speaks {lang!r}; {VOICES} lists the voices "
-                    "and the languages they speak")
+        return invalid("lang", f"the text looks like {spoken!r} (lang auto) and the server's {backend} TTS has no "
+                       f"voice for it; set lang, or a voice that speaks it from {VOICES}", "unspoken_lang")
+    return invalid("lang", f"no voice of the server's {backend} TTS speaks {lang!r}; {VOICES} lists the voices "
+                   "and the languages they speak", "unspoken_lang")
 
 
 def _renderer_problem(asked: str | None) -> Response | None:
@@ -113,9 +109,10 @@ def _renderer_problem(asked: str | None) -> Response | None:
     if missing is None:
         return None
     if asked is None:
-        return _invalid("renderer", f"the server's default renderer {name} is not set up (the operator must set "
-                        f"{missing}); ask for renderer procedural")
+        return invalid("renderer", f"the server's default renderer {name} is not set up (the operator must set "
+                       f"{missing}); ask for renderer procedural", "renderer_not_configured")
     default_ok = name != settings.renderer and missing_setup(settings.renderer, settings) is None
     instead = f"leave renderer empty for the server's default ({settings.renderer})" if default_ok else \
         "ask for renderer procedural"
-    return _invalid("renderer", f"{name} is not set up on this server (the operator must set {missing}); {instead}")
+    return invalid("renderer", f"{name} is not set up on this server (the operator must set {missing}); {instead}",
+                   "renderer_not_configured")
