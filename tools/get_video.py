@@ -1,4 +1,8 @@
-"""get_video: a job id → where the video stands, and the video once it is ready."""
+"""get_video: a job id → where the video stands, and the video once it is ready.
+
+It is also the way back to the file when a video tool could only return the link (too little of the call's
+time was left): a new call has the whole of Dify's time limit for the download and the hand-over.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,5 @@ class GetVideoTool(Tool):
         if not job_id:
             raise BridgeError("job_id is empty: give the id a video tool returned")
         client = client_for(self)
-        job = client.job(job_id)
         limit = file_limit_bytes(self.runtime.credentials)
-        yield from deliver(self, client, job, tool_parameters.get("delivery"), limit)
+        yield from deliver(self, client, client.job(job_id), tool_parameters.get("delivery"), limit)

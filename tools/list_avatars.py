@@ -1,4 +1,8 @@
-"""list_avatars: the avatars this caller may use, so an agent can pick one by name."""
+"""list_avatars: the avatars everyone in the workspace can use, so an agent can pick one by name.
+
+Avatars belong to the bridge API key, the workspace's, not to the Dify user who asks: what this lists is
+what every end user of a published app can use as well.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,19 @@ from dify_plugin.entities.tool import ToolInvokeMessage
 from tools.video_jobs import client_for
 
 
+def line(avatar: dict[str, Any]) -> str:
+    status = avatar["status"] if avatar["status"] == "ready" else f"{avatar['status']}, not usable yet"
+    origin = "; added on the bridge host" if avatar.get("shared") else ""
+    preview = f" preview: {avatar['preview_url']}" if avatar.get("preview_url") else ""
+    return f"- {avatar['name']} (id {avatar['id']}; {avatar.get('kind') or 'avatar'}; {status}{origin}){preview}"
+
+
 class ListAvatarsTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
         avatars = client_for(self).avatars()
-        lines = [f"- {a['name']} (id {a['id']}, {a.get('kind') or 'avatar'}, {a['status']}"
-                 f"{', shared' if a.get('shared') else ''})"
-                 + (f" preview: {a['preview_url']}" if a.get("preview_url") else "") for a in avatars]
-        yield self.create_text_message("Avatars:\n" + "\n".join(lines) if lines else "There are no avatars yet.")
+        if avatars:
+            yield self.create_text_message("Avatars this workspace can use (give the id or the name as avatar):\n"
+                                           + "\n".join(line(a) for a in avatars))
+        else:
+            yield self.create_text_message("This workspace has no avatars yet.")
         yield self.create_json_message({"avatars": avatars})

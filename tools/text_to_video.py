@@ -10,7 +10,8 @@ from dify_plugin.entities.parameters import ParameterOption
 from dify_plugin.entities.tool import ToolInvokeMessage
 
 from tools.bridge_client import BridgeError
-from tools.video_jobs import client_for, deliver, file_limit_bytes, follow, parameter_options, wait_seconds
+from tools.choices import AVATAR_CHOICE, VOICE_CHOICE, avatar_id, parameter_options, voice_id, wanted
+from tools.video_jobs import client_for, deliver, file_limit_bytes, follow, wait_seconds
 
 
 class TextToVideoTool(Tool):
@@ -19,15 +20,17 @@ class TextToVideoTool(Tool):
         if not text:
             raise BridgeError("text is empty: give the words the avatar should say")
         client = client_for(self)
+        limit = file_limit_bytes(self.runtime.credentials)
+        avatar = avatar_id(client, wanted(tool_parameters.get("avatar"), tool_parameters.get(AVATAR_CHOICE)))
+        voice = voice_id(client, wanted(tool_parameters.get("voice"), tool_parameters.get(VOICE_CHOICE)))
         job = client.submit({
-            "text": text, "avatar_id": tool_parameters.get("avatar") or None,
-            "voice": tool_parameters.get("voice") or None, "lang": tool_parameters.get("language") or "auto",
+            "text": text, "avatar_id": avatar, "voice": voice,
+            "lang": str(tool_parameters.get("language") or "auto").strip().lower(),
             "speed": float(tool_parameters.get("speed") or 1.0),
             "resolution": tool_parameters.get("resolution") or "source",
             "subtitles": bool(tool_parameters.get("subtitles")),
         })
         job = yield from follow(self, client, job, wait_seconds(tool_parameters.get("max_wait_s")))
-        limit = file_limit_bytes(self.runtime.credentials)
         yield from deliver(self, client, job, tool_parameters.get("delivery"), limit)
 
     def _fetch_parameter_options(self, parameter: str) -> list[ParameterOption]:

@@ -1,32 +1,37 @@
-"""What the video tools share: waiting for a job with a deadline while reporting progress, and handing the
-result to Dify as a file, a link, JSON and variables.
+"""What the video tools share: waiting for a job while reporting progress, and handing the result to Dify as
+a file, a link, JSON and variables, all within Dify's limits on a tool call (tools/call_limits.py).
 
-Waiting sleeps between polls (gevent yields, so the SDK's heartbeat keeps flowing) and never outlives
-``max_wait_s``; a job still running then is not an error: the caller gets its id for ``get_video``.
+Waiting sleeps between polls (gevent yields, so the SDK's heartbeat keeps flowing) and ends at ``max_wait_s``
+or sooner, to leave the call time for the file (tools/job_watch.py); a job still running then is not an error:
+the caller gets its id for ``get_video``, and every output variable, empty until the video exists.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Generator
 from typing import IO, Any
 
 import requests
 from dify_plugin import Tool
-from dify_plugin.entities.parameters import I18nObject, ParameterOption
 from dify_plugin.entities.tool import ToolInvokeMessage
 from dify_plugin.file.file import File
 
-from tools.bridge_client import BridgeClient, BridgeConfig, BridgeError, Upload
+from tools.bridge_client import BridgeClient, BridgeConfig, BridgeError, FileTooLarge, OutOfTime, Upload
+from tools.call_limits import (
+    DIFY_CALL_LIMIT_S,
+    FILE_MB_LABEL,
+    MIB,
+    CallDeadline,
+    file_cap_bytes,
+    link_only_reason,
+    megabytes,
+)
+from tools.job_watch import FINAL, watch
 
-FINAL = {"succeeded", "failed", "canceled"}
-POLL_S = 0.5
 DEFAULT_WAIT_S = 240
 MAX_WAIT_S = 540
-"""Dify's plugin daemon stops a tool call at 600 s (PLUGIN_MAX_EXECUTION_TIMEOUT)."""
-DIFY_FILE_LIMIT_MB = 30.0
-"""Dify refuses a tool file above 30 MB."""
+"""The tools' ``max_wait_s`` bound; the call's deadline (600 s less margins) may end a wait sooner."""
 STAGES = {"queued": "waiting for a free renderer", "starting": "starting", "requeued": "waiting for a free renderer",
           "tts": "synthesising speech", "avatar": "preparing the avatar", "prepare": "preparing the avatar",
           "lipsync": "rendering", "encode": "encoding the video", "done": "done"}
@@ -37,38 +42,37 @@ SPOOL_BYTES = 8 * 1024 * 1024
 
 
 def client_for(tool: Tool) -> BridgeClient:
-    return BridgeClient(BridgeConfig.from_credentials(tool.runtime.credentials), tool.runtime.user_id)
+    """The client for this call; made as the call starts, its deadline is the call's."""
+    return BridgeClient(BridgeConfig.from_credentials(tool.runtime.credentials), tool.runtime.user_id,
+                        deadline=CallDeadline.start())
 
 
-def parameter_options(client: BridgeClient, parameter: str) -> list[ParameterOption]:
-    """Choices for the dynamic selects: the bridge's ready avatars, or its voices."""
-    if parameter == "avatar":
-        return [ParameterOption(value=a["id"], label=I18nObject(en_US=f"{a['name']} ({a.get('kind') or 'avatar'})"))
-                for a in client.avatars() if a.get("status") == "ready"]
-    if parameter == "voice":
-        return [ParameterOption(value=v["id"], label=I18nObject(
-            en_US=f"{v['name']} · {', '.join(v['languages'][:2])} · {v['backend']}")) for v in client.voices()]
-    return []
-
-
-def dify_file(value: Any, field: str, kinds: str) -> Upload:
-    """A file parameter, streamed from Dify's signed URL (the SDK's ``File.blob`` gives up after 5 s)."""
+def dify_file(value: Any, field: str, kinds: str, deadline: CallDeadline) -> Upload:
+    """A file parameter, streamed from Dify's signed URL (the SDK's ``File.blob`` gives up after 5 s), read in
+    full before the call's ``deadline`` (checked between chunks) or refused."""
     if not isinstance(value, File):
         raise BridgeError(f"{field}: attach a file ({kinds})")
     url = value.url
     if not url or not url.startswith(("http://", "https://")):
         raise BridgeError(f"{field}: Dify gave no downloadable URL for the file; set FILES_URL (and "
                           "INTERNAL_FILES_URL) in Dify's environment")
+    if deadline.left() <= 0:
+        raise BridgeError(f"{field}: this tool call had no time left to read the file from Dify")
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (the caller closes it)
     size = 0
     try:
-        with requests.get(url, stream=True, timeout=(10, 120)) as response:
+        left = deadline.left()
+        with requests.get(url, stream=True, timeout=(min(10, left), min(120, left))) as response:
             if response.status_code != 200:
                 raise BridgeError(f"{field}: Dify's file URL answered HTTP {response.status_code}")
             for chunk in response.iter_content(1 << 16):
                 size += len(chunk)
                 if size > MAX_UPLOAD_BYTES:
                     raise BridgeError(f"{field}: the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+                if deadline.left() <= 0:
+                    raise BridgeError(f"{field}: the file had not arrived from Dify ({size / MIB:.1f} MB so far) "
+                                      f"within the {DIFY_CALL_LIMIT_S:.0f} s Dify gives a tool call; give a "
+                                      "smaller file or check INTERNAL_FILES_URL")
                 spool.write(chunk)
     except requests.RequestException as exc:
         spool.close()
@@ -98,24 +102,20 @@ def describe(job: dict[str, Any]) -> str:
 
 
 def follow(tool: Tool, client: BridgeClient, job: dict[str, Any], max_wait_s: float) -> Messages:
-    """Poll the job until it ends or the deadline passes, yielding a log line whenever its stage or progress
-    moves; returns the last state seen."""
-    deadline = time.monotonic() + max_wait_s
+    """Poll the job until it ends or the wait is over (tools/job_watch.py), yielding a log line whenever its
+    stage or progress moves; returns the last state seen."""
     root = tool.create_log_message("Talking head video", {"job_id": job["id"], "status": job["status"]},
                                    status=ToolInvokeMessage.LogMessage.LogStatus.START)
     yield root
     said = ""
-    while True:
+    for seen in watch(job, client.job, client.deadline, max_wait_s):
+        job = seen
         now = describe(job)
         if now != said and job["status"] not in FINAL:
             said = now
             yield tool.create_log_message(now, {"job_id": job["id"], "status": job["status"],
                                                 "stage": job.get("stage"), "progress": job.get("progress")},
                                           parent=root)
-        if job["status"] in FINAL or time.monotonic() >= deadline:
-            break
-        time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
-        job = client.job(job["id"])
     status = ToolInvokeMessage.LogMessage.LogStatus
     yield tool.finish_log_message(root, status.SUCCESS if job["status"] == "succeeded" else status.ERROR,
                                   data={"job_id": job["id"], "status": job["status"]},
@@ -124,12 +124,42 @@ def follow(tool: Tool, client: BridgeClient, job: dict[str, Any], max_wait_s: fl
 
 
 def file_limit_bytes(credentials: dict[str, Any]) -> int:
-    """The admin's cap for sending the MP4 itself (``max_file_mb``), never above Dify's own 30 MB."""
+    """The admin's cap for sending the MP4 itself ("Largest video sent as a file"), Dify's default if unset."""
     try:
-        limit = float(credentials.get("max_file_mb") or DIFY_FILE_LIMIT_MB)
-    except (TypeError, ValueError):
-        limit = DIFY_FILE_LIMIT_MB
-    return int(min(max(limit, 0.0), DIFY_FILE_LIMIT_MB) * 1024 * 1024)
+        return file_cap_bytes(credentials)
+    except ValueError as exc:
+        raise BridgeError(f"{exc}. An admin sets it where the plugin is authorized") from None
+
+
+def output_variables(job: dict[str, Any]) -> dict[str, Any]:
+    """Every output variable the video tools declare, whatever the job's state: empty ("", or 0 for a number)
+    while the video does not exist yet, so a workflow's IF node finds the same variables either way."""
+    out = job["outputs"][0] if job["status"] == "succeeded" and job.get("outputs") else {}
+    return {"job_id": job["id"], "video_url": out.get("video_url") or "", "duration_s": out.get("duration_s") or 0,
+            "poster_url": out.get("poster_url") or "", "subtitles_url": out.get("subtitles_url") or ""}
+
+
+def video_file(tool: Tool, client: BridgeClient, job_id: str, out: dict[str, Any],
+               max_file_bytes: int) -> Generator[ToolInvokeMessage, None, None]:
+    """The MP4 as a Dify file, when it fits the admin's cap and the call's time; else a sentence saying why only
+    its link comes back."""
+    deadline = client.deadline
+    reason = link_only_reason(out["size_bytes"], max_file_bytes, deadline, job_id)
+    if reason is None:
+        try:
+            data = client.download(out["video_url"], max_file_bytes, deadline.download_ends_at)
+        except FileTooLarge as exc:
+            reason = (f'The video is larger than "{FILE_MB_LABEL}" ({megabytes(max_file_bytes)}) allows ({exc}), '
+                      "so only its link is returned.")
+        except OutOfTime as exc:
+            reason = (f"The video could not be handed over within the {DIFY_CALL_LIMIT_S:.0f} s Dify gives a tool "
+                      f"call ({exc}), so only its link is returned. get_video with job id {job_id} returns the file "
+                      "in a new call.")
+        else:
+            yield tool.create_blob_message(data, meta={"mime_type": "video/mp4",
+                                                       "filename": f"talking-head-{job_id[:8]}.mp4"})
+            return
+    yield tool.create_text_message(reason)
 
 
 def deliver(tool: Tool, client: BridgeClient, job: dict[str, Any], delivery: str | None,
@@ -143,28 +173,22 @@ def deliver(tool: Tool, client: BridgeClient, job: dict[str, Any], delivery: str
                            f"(job {job_id}, {error.get('code', 'failed')})")
     if job["status"] == "canceled":
         raise BridgeError(f"Job {job_id} was canceled before it finished")
+    variables = {name: value for name, value in output_variables(job).items() if name != "job_id"}
     if job["status"] != "succeeded":
+        for name, value in variables.items():
+            yield tool.create_variable_message(name, value)
         yield tool.create_text_message(
             f"The video is still being made ({describe(job)}). Its job id is {job_id}: call get_video with it in "
             "a minute to get the video.")
         yield tool.create_json_message(job)
         return
     out = job["outputs"][0]
-    if delivery != "link" and out["size_bytes"] <= max_file_bytes:
-        data = client.download(out["video_url"], max_file_bytes)
-        if data is not None:
-            yield tool.create_blob_message(data, meta={"mime_type": "video/mp4",
-                                                       "filename": f"talking-head-{job_id[:8]}.mp4"})
-    elif delivery != "link":
-        yield tool.create_text_message(
-            f"The video is {out['size_bytes'] / 2**20:.1f} MB, more than the {max_file_bytes / 2**20:.0f} MB a Dify "
-            "file may have here, so only its link is returned.")
+    if delivery != "link":
+        yield from video_file(tool, client, job_id, out, max_file_bytes)
     yield tool.create_text_message(
         f"Video ready: {out['duration_s']:.1f} s, {out['width']}x{out['height']}. The link works until "
         f"{out['expires_at']}.")
     yield tool.create_link_message(out["video_url"])
     yield tool.create_json_message(job)
-    yield tool.create_variable_message("video_url", out["video_url"])
-    yield tool.create_variable_message("duration_s", out["duration_s"])
-    yield tool.create_variable_message("poster_url", out.get("poster_url") or "")
-    yield tool.create_variable_message("subtitles_url", out.get("subtitles_url") or "")
+    for name, value in variables.items():
+        yield tool.create_variable_message(name, value)
