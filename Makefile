@@ -21,14 +21,16 @@ setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 # redis-server (the bridge's queue and replay store; tests start their own) and a single-node Ceph
 # radosgw (the S3 server the object-store tests start on loopback), and the checkers the deployment
 # tests use: promtool (prometheus) and systemd-analyze (systemd). The cluster test adds PostgreSQL (the job table
-# of a multi-host install) and iproute2 (its hosts are network namespaces).
+# of a multi-host install) and iproute2 (its hosts are network namespaces). The bridge README's curl walk-through
+# runs as a test, with curl and jq.
 SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server radosgw ceph-mon ceph-osd prometheus systemd postgresql \
-	iproute2
+	iproute2 curl jq
 system-deps:
 	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1 || \
 	    ! command -v radosgw >/dev/null 2>&1 || ! command -v ceph-osd >/dev/null 2>&1 || \
 	    ! command -v promtool >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 || \
 	    ! command -v ip >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+	    ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 || \
 	    [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
 	  echo "installing $(SYSTEM_PACKAGES) (Debian packages)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)' and retry" >&2; exit 1; fi; \
@@ -64,6 +66,7 @@ bench: setup
 	$(PY) tests/bench/bridge_bench.py 2>/dev/null
 	$(PY) tests/bench/edge_bench.py 2>/dev/null
 	$(PY) tests/bench/intake_bench.py 2>/dev/null
+	$(PLUGIN_VENV)/bin/python tests/bench/plugin_handover_bench.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

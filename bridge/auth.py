@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import jwt
 import redis
 
-from bridge.keys import KID_RE, KeyStore, parse_api_key
+from bridge.keys import KEY_PREFIX, KID_RE, KeyStore, parse_api_key
 from bridge.settings import BridgeSettings
 
 TOKEN_TYPE = "th+jwt"
@@ -30,6 +30,18 @@ MAX_TOKEN_CHARS = 4096
 MAX_JTI_CHARS = 128
 MAX_SUB_CHARS = 255
 _ALLOWED_HEADERS = frozenset({"alg", "typ", "kid"})
+API_KEY_SENT = (
+    "the credential sent is an API key (thk_…), not a token: the key stays with you and signs a short-lived, "
+    "single-use token for each request. Mint one with `python -m bridge token` and send 'Authorization: Bearer "
+    "<token>' (bridge/README.md shows it with curl). If this request crossed a network you do not trust, revoke "
+    "the key (python -m bridge keys revoke <kid>) and create another"
+)
+"""What a caller who sent the API key itself is told (never the key): the token step is what they are missing."""
+
+
+def looks_like_api_key(credential: str) -> bool:
+    """Whether a bearer credential is a raw ``thk_<kid>_<secret>`` key rather than a token (a JWT never starts so)."""
+    return credential.startswith(f"{KEY_PREFIX}_")
 
 
 class AuthError(Exception):
@@ -88,6 +100,8 @@ def verify_token(token: str, keys: KeyStore, settings: BridgeSettings, replay_st
     """
     if not token or len(token) > MAX_TOKEN_CHARS:
         raise AuthError("token is empty or too long")
+    if looks_like_api_key(token):
+        raise AuthError(API_KEY_SENT, "api_key_not_token")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:

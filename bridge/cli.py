@@ -1,14 +1,16 @@
-"""``python -m bridge``: manage API keys, run the API server, run a render worker."""
+"""``python -m bridge``: manage API keys, mint a token by hand, run the API server, run a render worker."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from bridge.keys import KeyFileError, KeyStore, parse_env_keys
+from bridge.auth import SCOPES, AuthError, check_sub, mint_token
+from bridge.keys import KEY_PREFIX, KeyFileError, KeyStore, parse_env_keys
 from bridge.settings import BridgeSettings, get_settings
 
 
@@ -34,6 +36,74 @@ def _keys_revoke(store: KeyStore, args: argparse.Namespace) -> int:
         print(f"error: no key with id {args.kid}", file=sys.stderr)
         return 1
     print(f"revoked {args.kid}", file=sys.stderr)
+    return 0
+
+
+KEY_ENV = "TALKING_HEAD_API_KEY"
+"""Where ``token`` reads the API key when ``--key`` is not given: a variable keeps the secret out of shell
+history and out of ``ps``, which is where ``--key thk_…`` puts it."""
+DEFAULT_SUB = "cli"
+"""A fixed default, so tokens minted one after another name the same caller and see each other's jobs."""
+DEFAULT_LIFETIME_S = 120
+
+
+class _UsageError(Exception):
+    """What the user must change; never quotes the key."""
+
+
+def _api_key(source: str | None) -> str:
+    """The key from ``--key``, from stdin (``--key -``; typed without echo on a terminal) or from KEY_ENV."""
+    if source == "-":
+        key = getpass.getpass("API key (not shown): ") if sys.stdin.isatty() else sys.stdin.readline()
+        what = "stdin"
+    elif source is None:
+        key, what = os.environ.get(KEY_ENV, ""), KEY_ENV
+    else:
+        key, what = source, "--key"
+    key = key.strip()
+    if not key and source is None:
+        raise _UsageError(f"no API key: set {KEY_ENV}, or pass --key - to read it from stdin")
+    if not key:
+        raise _UsageError(f"no API key in {what}")
+    if not key.startswith(f"{KEY_PREFIX}_"):
+        raise _UsageError(f"the API key in {what} must start with '{KEY_PREFIX}_' (python -m bridge keys create "
+                          "prints one)")
+    return key
+
+
+def _scopes(given: list[str] | None) -> list[str]:
+    if given is None:
+        return sorted(SCOPES)
+    scopes = [scope for value in given for scope in value.replace(",", " ").split()]
+    unknown = sorted(set(scopes) - SCOPES)
+    if unknown or not scopes:
+        raise _UsageError(f"--scope {' '.join(unknown) or '(empty)'} is not a scope; choose from "
+                          f"{', '.join(sorted(SCOPES))}")
+    return list(dict.fromkeys(scopes))
+
+
+def _token(settings: BridgeSettings, args: argparse.Namespace) -> int:
+    """Print one fresh token: the key signs it here and never travels; the bridge accepts the token once."""
+    try:
+        if not 0 < args.lifetime <= settings.jwt_max_lifetime_s:
+            raise _UsageError(f"--lifetime must be 1 to {settings.jwt_max_lifetime_s} s (the bridge refuses "
+                              "longer-lived tokens: BRIDGE_JWT_MAX_LIFETIME_S)")
+        scopes = _scopes(args.scope)
+        try:
+            sub = check_sub(args.sub)
+        except AuthError as exc:
+            raise _UsageError(f"--sub: {exc.reason.removeprefix('sub claim ')}") from None
+        key = _api_key(args.key)
+        try:
+            token = mint_token(key, sub, scopes, settings.jwt_audience, settings.jwt_issuer, args.lifetime)
+        except ValueError as exc:  # parse_api_key's messages never echo the secret
+            raise _UsageError(str(exc)) from None
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    if sys.stdout.isatty():
+        print(f"(one request only, within {args.lifetime} s; sub {sub!r}, scopes {' '.join(scopes)})", file=sys.stderr)
     return 0
 
 
@@ -125,8 +195,17 @@ def _worker(settings: BridgeSettings) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes unrecognised arguments in its errors: a key typed in the wrong place must not be echoed."""
+
+    def error(self, message: str) -> NoReturn:
+        from bridge.logs import redact
+
+        super().error(redact(message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bridge", description="Talking Head bridge")
+    parser = _Parser(prog="python -m bridge", description="Talking Head bridge")
     commands = parser.add_subparsers(dest="command", required=True)
     keys = commands.add_parser("keys", help="manage API keys (the keys file is BRIDGE_KEYS_FILE)")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -137,6 +216,21 @@ def _parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key; effective on the next request")
     revoke.add_argument("kid")
     revoke.set_defaults(run=_keys_revoke)
+    token = commands.add_parser(
+        "token", help="print a fresh per-call token for curl (single-use, short-lived)",
+        description="Print a bearer token signed with an API key, for one request to the bridge (it accepts each "
+                    f"token once, until it expires). The key is read from ${KEY_ENV} unless --key is given.",
+    )
+    token.add_argument("--key", metavar="thk_…", help=f"the API key, or '-' to read it from stdin (typed without "
+                       f"echo on a terminal); default ${KEY_ENV}. A key on the command line lands in shell history "
+                       "and is visible to other users in ps")
+    token.add_argument("--sub", default=DEFAULT_SUB, help="the caller the token names; jobs belong to the key plus "
+                       f"this (default: {DEFAULT_SUB}; the Dify plugin uses the Dify user's id)")
+    token.add_argument("--scope", action="append", metavar="SCOPE", help="a scope the token grants; repeat, or "
+                       f"space-separate (default: all of {', '.join(sorted(SCOPES))})")
+    token.add_argument("--lifetime", type=int, default=DEFAULT_LIFETIME_S, metavar="SECONDS",
+                       help=f"seconds until it expires (default: {DEFAULT_LIFETIME_S}; at most "
+                       "BRIDGE_JWT_MAX_LIFETIME_S)")
     commands.add_parser("serve", help="run the API on BRIDGE_HOST:BRIDGE_PORT")
     commands.add_parser("worker", help="run a Celery render worker on BRIDGE_QUEUE (needs Redis)")
     commands.add_parser("up", help="one machine: a local Redis, one worker and the API; Ctrl-C stops all")
@@ -150,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "worker":
         return _worker(settings)
+    if args.command == "token":
+        return _token(settings, args)
     if args.command == "up":
         from bridge.up import run
 

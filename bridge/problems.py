@@ -66,14 +66,18 @@ def problem(
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> Response:
-    """Build a problem+json response; ``title`` defaults to the HTTP reason phrase."""
+    """Build a problem+json response; ``title`` defaults to the HTTP reason phrase.
+
+    The body ends with a newline, as a text answer should: printed by curl, it leaves the shell's prompt on a
+    line of its own.
+    """
     body: dict[str, Any] = {"type": type_, "title": title or _phrase(status), "status": status}
     if detail:
         body["detail"] = detail
     if field:
         body["field"] = field
     body.update(extra)
-    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
+    response = Response(json.dumps(body) + "\n", status=status, mimetype=PROBLEM_MEDIA_TYPE)
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response

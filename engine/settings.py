@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class EngineSettings(BaseSettings):
-    """Every knob the engine reads. Documented in README.md and .env.example."""
+    """Every knob the engine reads. Documented in engine/README.md and .env.example."""
 
     model_config = SettingsConfigDict(env_prefix="ENGINE_", env_file=".env", extra="ignore")
 

@@ -3,8 +3,10 @@
 The Go CLI is not installed here, so this reproduces its steps: validate the manifest with the rules the
 plugin daemon enforces at install time, walk the tree honouring ``.difyignore`` (``.gitignore`` when there is
 none), and write a deflate zip sorted by path, refusing more than the daemon's 50 MiB uncompressed limit.
+Every file goes in with the bytes it has in the tree, as the CLI writes it, so both build the same package
+and the daemon gives both the same checksum (the one ``scripts/pin_dsl.py`` writes into the example apps).
 It is stricter than the CLI where the CLI would produce a package that fails later (missing files, a plugin
-that declares several kinds of provider, a packaged ``pyproject.toml``).
+that declares several kinds of provider, a packaged ``pyproject.toml``, a readme Dify would not show).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ INLINE_DECLARATIONS = ("model", "endpoint", "agent_strategy", "datasource", "tri
 STORAGE_BYTES = (1024, 1073741824)
 # zipfile cannot store Go's zero timestamp; a fixed one keeps builds reproducible.
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# The daemon reads the English readme from README.md and the others from readme/ by this name
+# (pkg/plugin_packager/decoder/helper.go, AvailableI18nReadme); it skips any other file there.
+README = "README.md"
+TRANSLATED_README_RE = re.compile(r"README_([a-z]{2}_[A-Za-z]{2,})\.md", re.ASCII)
 
 
 class PackageError(Exception):
@@ -111,9 +117,8 @@ def plugin_files(root: Path, manifest: dict[str, Any]) -> set[str]:
     for provider_path in _strings(_mapping(manifest.get("plugins")).get("tools")):
         wanted.add(provider_path)
         provider = _load_yaml(root, provider_path)
-        icon = _mapping(provider.get("identity")).get("icon")
-        if isinstance(icon, str):
-            wanted.add(f"_assets/{icon}")
+        identity = _mapping(provider.get("identity"))
+        wanted.update(f"_assets/{identity[key]}" for key in ("icon", "icon_dark") if isinstance(identity.get(key), str))
         wanted.update(_python_sources(provider))
         for tool_path in _strings(provider.get("tools")):
             wanted.add(tool_path)
@@ -157,10 +162,6 @@ def package_name(manifest: dict[str, Any]) -> str:
     return f"{manifest['name']}-{manifest['version']}.difypkg"
 
 
-PLUGIN_README = "dify_plugin/PLUGIN_README.md"
-"""Packaged as README.md: what Dify shows on the plugin's page."""
-
-
 def build_package(root: Path = REPO, out_dir: Path | None = None, max_bytes: int = MAX_PACKAGE_BYTES) -> Package:
     """Validate, collect and zip the plugin at ``root`` into ``out_dir`` (default ``root/dist``)."""
     problems = validate_manifest(root)
@@ -170,9 +171,6 @@ def build_package(root: Path = REPO, out_dir: Path | None = None, max_bytes: int
     files = collect_files(root)
     _check_contents(root, manifest, files)
     sources = {path: root / path for path in files}
-    if (root / PLUGIN_README).is_file():  # the marketplace page, not the repository's developer README
-        sources["README.md"] = root / PLUGIN_README
-        files = sorted(sources)
     sizes = {path: source.stat().st_size for path, source in sources.items()}
     total = sum(sizes.values())
     limit = min(max_bytes, MAX_PACKAGE_BYTES)
@@ -331,9 +329,11 @@ def _provider_problems(root: Path, provider_path: Any) -> list[str]:
     if not provider:
         return [f"{provider_path} is not a YAML mapping"]
     problems = []
-    icon = _mapping(provider.get("identity")).get("icon")
-    if not (isinstance(icon, str) and _is_file(root, f"_assets/{icon}")):
-        problems.append(f"{provider_path}: identity.icon {icon!r} not found in _assets/")
+    identity = _mapping(provider.get("identity"))
+    for key in ("icon", "icon_dark"):
+        icon = identity.get(key)
+        if (icon is not None or key == "icon") and not (isinstance(icon, str) and _is_file(root, f"_assets/{icon}")):
+            problems.append(f"{provider_path}: identity.{key} {icon!r} not found in _assets/")
     problems += [f"{provider_path}: extra.python.source {source} not found"
                  for source in _python_sources(provider) if not _is_file(root, source)]
     tools = provider.get("tools")
@@ -360,8 +360,19 @@ def _check_contents(root: Path, manifest: dict[str, Any], files: list[str]) -> N
         problems.append("requirements.txt is missing: the daemon installs the plugin's dependencies from it")
     if "pyproject.toml" in packaged:
         problems.append("pyproject.toml would be packaged: the daemon installs from it before requirements.txt")
+    problems += _readme_problems(packaged)
     if problems:
         raise PackageError("package contents:\n  " + "\n  ".join(problems))
+
+
+def _readme_problems(packaged: set[str]) -> list[str]:
+    """What would leave Dify's plugin page without its readme: no README.md, or a translation it skips."""
+    problems = [] if README in packaged else [f"{README} is missing: Dify shows it on the plugin's page"]
+    for path in sorted(p for p in packaged if p.startswith("readme/")):
+        name = path.removeprefix("readme/")
+        if not TRANSLATED_README_RE.fullmatch(name):
+            problems.append(f"{path}: Dify reads only readme/README_<language>.md (such as README_zh_Hans.md)")
+    return problems
 
 
 def _python_sources(declaration: dict[str, Any]) -> list[str]:

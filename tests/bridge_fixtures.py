@@ -121,6 +121,31 @@ def bridge_with_worker(root: Path, redis_url: str, engine_root: Path, log_dir: P
         yield Bridge(app, app.test_client(), settings, engine_settings, api_key)
 
 
+@dataclass(frozen=True)
+class ServedBridge:
+    base: str
+    settings: BridgeSettings
+    env: dict[str, str]
+    """The worker's environment (and the server's, less its address)."""
+    gate: RenderGate
+    """Holds the worker's renders at lip-sync while armed."""
+
+
+@contextlib.contextmanager
+def served_bridge(root: Path, redis_url: str, engine_root: Path, **overrides: Any) -> Iterator[ServedBridge]:
+    """The bridge as a client on the network meets it: ``python -m bridge serve`` (gunicorn) and one worker
+    (tests/standins/render_gate.py, so a render can be held), sharing settings, table and storage."""
+    from bridge.app import create_app
+
+    settings = make_settings(root, redis_url, **overrides)
+    create_app(settings)  # the tables, before the worker starts
+    env = worker_env(settings, engine_root, **settings_env(**overrides))
+    gate = RenderGate(root / "gate")
+    with run_bridge_worker({**env, **gate.env}, root / "worker.log", REPO, module="tests.standins.render_gate"), \
+            run_bridge_serve(env, root / "serve.log") as base:
+        yield ServedBridge(base, settings, env, gate)
+
+
 def worker_env(settings: BridgeSettings, engine_root: Path, **extra: str) -> dict[str, str]:
     """The environment of a worker subprocess sharing ``settings``' Redis, table and storage."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}  # no stray broker or queue

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
+from jsonschema import Draft202012Validator
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.dify_agent_schema import REPO, agent_schema, load, tool_specs
+
 EXAMPLES = REPO / "dify_plugin" / "examples"
 WORKFLOW = EXAMPLES / "talking_head_workflow.yml"
 AGENT = EXAMPLES / "talking_head_agent.yml"
@@ -30,22 +32,6 @@ IDENTIFIER_RE = re.compile(
 TEMPLATE_RE = re.compile(r"\{\{#([a-zA-Z0-9_]{1,50})\.([a-zA-Z_][a-zA-Z0-9_]{0,29})#\}\}")
 # What every tool node offers besides the variables its tool declares in output_schema.
 TOOL_BUILTIN_OUTPUTS = {"text", "files", "json"}
-
-
-def load(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert isinstance(data, dict)
-    return data
-
-
-def tool_specs() -> dict[str, dict[str, Any]]:
-    """The plugin's tools by identity name, from the provider yaml's list."""
-    provider = load(REPO / "provider" / "talking_head.yaml")
-    specs = {}
-    for rel in provider["tools"]:
-        spec = load(REPO / rel)
-        specs[spec["identity"]["name"]] = spec
-    return specs
 
 
 def params(spec: dict[str, Any], form: str) -> dict[str, dict[str, Any]]:
@@ -74,12 +60,28 @@ def test_header_and_dependency(path: Path, manifest: dict[str, Any]) -> None:
     assert dsl["kind"] == "app"
     assert dsl["version"] == DSL_VERSION and isinstance(dsl["version"], str)
     assert dsl["app"]["name"] and dsl["app"]["icon_type"] == "emoji"
-    [dependency] = dsl["dependencies"]
-    assert dependency["type"] == "package"
+    [dependency] = [d for d in dsl["dependencies"] if d["type"] == "package"]
     identifier = dependency["value"]["plugin_unique_identifier"]
     assert IDENTIFIER_RE.fullmatch(identifier), identifier
     assert identifier.split("@")[0] == f"{PLUGIN_ID}:{manifest['version']}"
     assert f"{manifest['author']}/{manifest['name']}" == PLUGIN_ID
+
+
+@pytest.mark.parametrize("path", [WORKFLOW, AGENT], ids=["workflow", "agent"])
+def test_each_app_names_the_model_plugin_it_needs(path: Path) -> None:
+    """As Dify's own export does: a marketplace dependency for each model provider, so the import offers to
+    install it instead of showing a model that cannot be selected."""
+    dsl = load(path)
+    if "workflow" in dsl:
+        providers = {n["data"]["model"]["provider"] for n in dsl["workflow"]["graph"]["nodes"]
+                     if n["data"]["type"] == "llm"}
+    else:
+        providers = {dsl["model_config"]["model"]["provider"]}
+    assert providers
+    marketplace = [d["value"]["marketplace_plugin_unique_identifier"] for d in dsl["dependencies"]
+                   if d["type"] == "marketplace"]
+    assert all(IDENTIFIER_RE.fullmatch(identifier) for identifier in marketplace), marketplace
+    assert {identifier.split(":")[0] for identifier in marketplace} == {p.rsplit("/", 1)[0] for p in providers}
 
 
 def test_no_init_in_dify_plugin() -> None:
@@ -144,21 +146,21 @@ def test_workflow_tool_node_matches_the_tool_yaml() -> None:
         if item["type"] == "constant":
             check_value(llm_params[name], item["value"])
     assert data["tool_parameters"]["text"] == {"type": "mixed", "value": "{{#script_llm.text#}}"}
-    assert data["tool_parameters"]["avatar"] == {"type": "constant", "value": "astronaut"}
+    assert data["tool_parameters"]["avatar"] == {"type": "mixed", "value": "astronaut"}  # typed: every version
     for name, item in data["tool_configurations"].items():
         assert item["type"] == "constant"
         check_value(form_params[name], item["value"])
     assert data["tool_configurations"]["delivery"]["value"] == "file"
 
 
-def test_agent_enables_the_three_tools_with_valid_settings() -> None:
+def test_agent_enables_its_tools_with_valid_settings() -> None:
     dsl = load(AGENT)
     assert dsl["app"]["mode"] == "agent-chat"
     config = dsl["model_config"]
     agent_mode = config["agent_mode"]
     assert agent_mode["enabled"] is True and agent_mode["strategy"] == "function_call"
     tools = {t["tool_name"]: t for t in agent_mode["tools"]}
-    assert set(tools) == {"text_to_video", "list_avatars", "get_video"}
+    assert set(tools) == {"text_to_video", "list_avatars", "list_voices", "get_video"}
     specs = tool_specs()
     for name, tool in tools.items():
         assert tool["enabled"] is True
@@ -170,8 +172,10 @@ def test_agent_enables_the_three_tools_with_valid_settings() -> None:
         assert set(tool["tool_parameters"]) <= set(form_params), name
         for key, value in tool["tool_parameters"].items():
             check_value(form_params[key], value)
+        # What the model is offered for it is a function schema OpenAI-style function calling accepts.
+        Draft202012Validator.check_schema(agent_schema(specs[name]))
     prompt = config["pre_prompt"]
-    for needle in ("list_avatars", "get_video", "text_to_video", "30 seconds", "job id"):
+    for needle in ("list_avatars", "list_voices", "get_video", "text_to_video", "30 seconds", "job id"):
         assert needle in prompt
     assert config["model"]["mode"] == "chat" and config["prompt_type"] == "simple"
 
@@ -201,7 +205,8 @@ def test_pin_package_rewrites_the_identifier(tmp_path: Path) -> None:
     assert run.stdout.strip().splitlines()[-1] == expected
     for source, copy in zip((WORKFLOW, AGENT), copies, strict=True):
         before, after = load(source), load(copy)
-        assert after["dependencies"][0]["value"]["plugin_unique_identifier"] == expected
+        [package] = [d for d in after["dependencies"] if d["type"] == "package"]
+        assert package["value"]["plugin_unique_identifier"] == expected
         after["dependencies"] = before["dependencies"]
         assert after == before, "only the identifier may change"
     again = subprocess.run([sys.executable, str(PIN), str(tmp_path / "p.difypkg"), str(copies[0])],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import zipfile
@@ -25,6 +27,7 @@ from scripts.package_plugin import (
     main,
     validate_manifest,
 )
+from scripts.pin_dsl import identifier
 from tests.conftest import REPO
 
 VALID_MANIFEST: dict[str, Any] = {
@@ -58,9 +61,12 @@ TOOL: dict[str, Any] = {
 # What may sit at the top of the package: the plugin and nothing else (readme/ holds translated readmes).
 PLUGIN_TOP_LEVEL = {"manifest.yaml", "main.py", "requirements.txt", "README.md", "PRIVACY.md",
                     "provider", "tools", "_assets", "readme"}
-NOT_THE_PLUGIN = ("bridge/", "engine/", "tests/", "dify_plugin/", "scripts/", ".venv", "var/", "out/", "dist/",
-                  ".git", ".ci/", ".hypothesis/", ".pytest_cache/", ".ruff_cache/", ".env", "Makefile",
-                  "pyproject.toml", ".difyignore")
+NOT_THE_PLUGIN = ("bridge/", "engine/", "tests/", "dify_plugin/", "scripts/", "deploy/", "docs/", ".venv", "var/",
+                  "out/", "dist/", ".git", ".ci/", ".hypothesis/", ".pytest_cache/", ".ruff_cache/", ".env",
+                  "Makefile", "pyproject.toml", ".difyignore")
+# The languages of Dify's I18nObject, all filled in as the better official plugins do.
+LOCALES = ("en_US", "zh_Hans", "ja_JP", "pt_BR")
+MARKDOWN_IMAGE_RE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)")
 
 
 def write_plugin(root: Path, manifest: dict[str, Any] | None = None) -> Path:
@@ -167,6 +173,8 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
     "two providers": (second_provider, "the daemon keeps only the last one"),
     "missing provider icon": (edit_provider(lambda p: p["identity"].update(icon="nope.svg")),
                               "identity.icon 'nope.svg' not found in _assets/"),
+    "missing provider dark icon": (edit_provider(lambda p: p["identity"].update(icon_dark="dark.svg")),
+                                   "identity.icon_dark 'dark.svg' not found in _assets/"),
     "missing provider source": (delete("provider/talking_head.py"),
                                 "extra.python.source provider/talking_head.py not found"),
     "provider without tools": (edit_provider(lambda p: p.update(tools=[])), "tools must list the tool yamls"),
@@ -297,6 +305,87 @@ def test_the_package_holds_the_plugin(real_package: Package) -> None:
     with zipfile.ZipFile(real_package.path) as archive:
         readme = archive.read("README.md").decode()
     assert readme.startswith("# Talking Head Video") and "Authorize" in readme  # the marketplace page
+    assert {"readme/README_zh_Hans.md", "_assets/icon_dark.svg"} <= set(names)
+
+
+def test_every_packaged_file_is_the_trees_file_at_the_same_path(real_package: Package) -> None:
+    """`dify plugin package` zips each file as it is; a package that matched it only in names would get another
+    checksum from the daemon than the one pinned into the example apps."""
+    with zipfile.ZipFile(real_package.path) as archive:
+        differing = [info.filename for info in archive.infolist()
+                     if archive.read(info) != (REPO / info.filename).read_bytes()]
+    assert differing == []
+
+
+def test_the_pinned_identifier_is_the_checksum_of_the_trees_files(real_package: Package) -> None:
+    """What `make package` pins equals what the daemon computes for a package the CLI built from this tree:
+    SHA-256 over, path by path, the digest of each path and of the tree's bytes."""
+    manifest = load_manifest(REPO)
+    digests = b"".join(hashlib.sha256(path.encode()).digest() + hashlib.sha256((REPO / path).read_bytes()).digest()
+                       for path in sorted(collect_files(REPO)))
+    expected = f"{manifest['author']}/{manifest['name']}:{manifest['version']}@{hashlib.sha256(digests).hexdigest()}"
+    assert identifier(real_package.path) == expected
+
+
+def test_the_readmes_show_in_dify(real_package: Package) -> None:
+    """Dify reads README.md and readme/README_<language>.md, and shows only images that are _assets/ files."""
+    with zipfile.ZipFile(real_package.path) as archive:
+        names = set(archive.namelist())
+        readmes = {name: archive.read(name).decode() for name in names
+                   if name == "README.md" or name.startswith("readme/")}
+    assert set(readmes) == {"README.md", "readme/README_zh_Hans.md"}
+    for name, text in readmes.items():
+        images = MARKDOWN_IMAGE_RE.findall(text)
+        assert [image for image in images if not image.startswith("_assets/") or image not in names] == [], name
+
+
+def test_the_chinese_readme_says_what_the_english_one_says() -> None:
+    """A translation that fell behind would tell Chinese-speaking admins about tools, settings or Dify issues
+    that differ from the English page: each `code` span and issue number of README.md must be in it too."""
+    english, chinese = (REPO / "README.md").read_text(), (REPO / "readme" / "README_zh_Hans.md").read_text()
+    spans = set(re.findall(r"`([^`]+)`", english)) | set(re.findall(r"#\d+", english))
+    assert sorted(span for span in spans if span not in chinese) == []
+
+
+def test_a_readme_dify_would_not_show_is_refused(plugin: Path) -> None:
+    (plugin / "readme").mkdir()
+    (plugin / "readme" / "README_zh_Hans.md").write_text("# 数字人视频\n", encoding="utf-8")
+    assert "readme/README_zh_Hans.md" in build_package(plugin, plugin.parent / "ok").files
+    (plugin / "readme" / "chinese.md").write_text("# 数字人视频\n", encoding="utf-8")
+    with pytest.raises(PackageError, match=r"readme/chinese\.md: Dify reads only readme/README_<language>\.md"):
+        build_package(plugin, plugin.parent / "dist")
+    (plugin / "readme" / "chinese.md").unlink()
+    (plugin / "README.md").unlink()
+    with pytest.raises(PackageError, match=r"README\.md is missing: Dify shows it on the plugin's page"):
+        build_package(plugin, plugin.parent / "dist")
+
+
+def test_labels_and_descriptions_in_every_console_language() -> None:
+    provider = yaml.safe_load((REPO / "provider" / "talking_head.yaml").read_text(encoding="utf-8"))
+    texts = {f"manifest {key}": load_manifest(REPO)[key] for key in ("label", "description")}
+    texts |= {f"provider {key}": provider["identity"][key] for key in ("label", "description")}
+    texts |= {f"credential {name} {key}": field[key] for name, field in provider["credentials_for_provider"].items()
+              for key in ("label", "help") if key in field}
+    missing = {where: [locale for locale in LOCALES if not (text.get(locale) or "").strip()]
+               for where, text in texts.items()}
+    assert {where: locales for where, locales in missing.items() if locales} == {}
+
+
+@pytest.mark.parametrize("path", ["manifest.yaml", "provider/talking_head.yaml"])
+def test_a_dark_icon_of_its_own(path: str) -> None:
+    declaration = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))
+    icons = declaration if path == "manifest.yaml" else declaration["identity"]
+    light, dark = (REPO / "_assets" / icons["icon"]), (REPO / "_assets" / icons["icon_dark"])
+    assert dark.is_file() and dark.read_bytes() != light.read_bytes()
+
+
+def test_the_manifest_asks_for_no_permission_the_plugin_does_not_use() -> None:
+    """Permissions let a plugin call back into Dify (tools, models, storage, ...); these tools only call the
+    bridge, so a permission would be an unused grant an admin has to accept."""
+    code = "\n".join(path.read_text(encoding="utf-8") for path in [REPO / "main.py", *REPO.glob("provider/*.py"),
+                                                                      *REPO.glob("tools/*.py")])
+    assert "session." not in code
+    assert "permission" not in load_manifest(REPO)["resource"]
 
 
 def test_the_package_holds_nothing_but_the_plugin(real_package: Package) -> None:

@@ -16,22 +16,21 @@ from pathlib import Path
 
 import pytest
 import requests
+from jsonschema import Draft202012Validator
 
-from bridge.app import create_app
 from bridge.keys import KeyStore
 from scripts.dify_daemon import PluginProcess, Reply, dify_file
 from tests.bridge_fixtures import (
     REPO,
     RedisServer,
     free_port,
-    make_settings,
     run_bridge_serve,
     run_bridge_worker,
     run_receiver,
-    settings_env,
-    worker_env,
+    served_bridge,
 )
 from tests.conftest import ffprobe
+from tests.dify_agent_schema import agent_schema, tool_specs
 from tests.standins.render_gate import Arming, RenderGate
 
 PHOTO = "astronaut-photo"
@@ -53,16 +52,12 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, storage: Path,
           sample_media: Path) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("bridge")
-    with run_receiver(sample_media) as receiver:
-        overrides = {"fetch_allow_http_hosts": [f"127.0.0.1:{receiver.port}"], "reaper_interval_s": 0.5}
-        settings = make_settings(root, redis_server.url, **overrides)
-        create_app(settings)  # the tables, before the worker starts
-        keys = KeyStore(settings.keys_path)
-        env = worker_env(settings, storage, **settings_env(**overrides))
-        gate = RenderGate(root / "gate")
-        with run_bridge_worker({**env, **gate.env}, root / "worker.log", REPO, module="tests.standins.render_gate"), \
-                run_bridge_serve(env, root / "serve.log") as base:
-            yield Stack(base, {"bridge_url": base, "api_key": keys.create()}, keys, root, env, receiver.base, gate)
+    with run_receiver(sample_media) as receiver, \
+            served_bridge(root, redis_server.url, storage, fetch_allow_http_hosts=[f"127.0.0.1:{receiver.port}"],
+                          reaper_interval_s=0.5) as served:
+        keys = KeyStore(served.settings.keys_path)
+        yield Stack(served.base, {"bridge_url": served.base, "api_key": keys.create()}, keys, root, served.env,
+                    receiver.base, served.gate)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +120,24 @@ def open_once_the_plugin_sees_it_rendering(arming: Arming) -> Answered:
 def error_of(reply: Reply) -> str:
     assert reply.error is not None, reply.messages
     return str(reply.error["message"])
+
+
+def as_an_agent(plugin: PluginProcess, stack: Stack, tool: str, arguments: dict[str, str],
+                user_id: str = "end-user-7") -> Reply:
+    """A call the way a Dify agent makes it: the arguments fit the schema Dify gives the model (so only
+    llm-form parameters, no files), every value a string, and no form settings at all."""
+    assert all(isinstance(value, str) for value in arguments.values()), arguments
+    Draft202012Validator(agent_schema(tool_specs()[tool])).validate(arguments)
+    return plugin.invoke(tool, arguments, stack.credentials, user_id=user_id)
+
+
+def options_for(plugin: PluginProcess, stack: Stack, tool: str, parameter: str, user_id: str) -> list[dict]:
+    """What a dropdown offers the console user ``user_id`` (Dify fetches options with that user's id)."""
+    reply = plugin.request({"user_id": user_id, "type": "dynamic_parameter", "action": "fetch_parameter_options",
+                            "provider": "talking_head", "provider_action": tool, "parameter": parameter,
+                            "credentials": stack.credentials, "credential_type": "api-key"}, timeout_s=60)
+    assert reply.error is None, reply.error
+    return list(reply.messages[0]["options"])
 
 
 # --- credentials --------------------------------------------------------------------------------
@@ -224,19 +237,45 @@ def test_create_avatar_then_list_and_use_it(plugin: PluginProcess, stack: Stack,
     assert requests.get(anna["preview_url"], timeout=30).headers["Content-Type"] == "image/jpeg"
     colleague = plugin.invoke("list_avatars", {}, stack.credentials, user_id="someone-else")
     assert avatar_id in {a["id"] for a in colleague.jsons[0]["avatars"]}  # the workspace's avatar, for every user
-    video = plugin.invoke("text_to_video", {"text": "I am Anna.", "avatar": avatar_id}, stack.credentials,
+    # The dropdown a console user sees offers it too, and an end user of the published app can use it.
+    assert avatar_id in {o["value"] for o in options_for(plugin, stack, "text_to_video", "avatar_choice",
+                                                           "console-editor")}
+    video = plugin.invoke("text_to_video", {"text": "I am Anna.", "avatar_choice": avatar_id}, stack.credentials,
                           user_id="someone-else")
     assert reply_ok(video) and video.blobs
+    assert video.jsons[0]["outputs"][0]["avatar_id"] == avatar_id
+
+
+def test_an_agent_round_with_only_llm_parameters_as_strings(plugin: PluginProcess, stack: Stack) -> None:
+    """What an agent does when asked for "a video of Carla, from this photo link, in an American voice"."""
+    listed = as_an_agent(plugin, stack, "list_avatars", {})
+    assert reply_ok(listed) and "Astronaut (sample)" in listed.texts[0]
+    english = as_an_agent(plugin, stack, "list_voices", {"language": "en"})
+    assert reply_ok(english) and "en-us" in {v["id"] for v in english.jsons[0]["voices"]}
+    assert all(any(code.startswith("en") for code in v["languages"]) for v in english.jsons[0]["voices"])
+    assert "en-us" in {v["id"] for v in as_an_agent(plugin, stack, "list_voices", {"language": "English"}).jsons[0]
+                       ["voices"]}
+    nothing = as_an_agent(plugin, stack, "create_avatar", {"name": "Carla"})  # the user attached a file instead
+    assert "as url" in error_of(nothing) and "ask the user for a link" in error_of(nothing)
+    created = as_an_agent(plugin, stack, "create_avatar", {"url": f"{stack.receiver_base}/face.png",
+                                                           "name": "Carla"})
+    assert reply_ok(created) and any("is ready" in text for text in created.texts)
+    video = as_an_agent(plugin, stack, "text_to_video", {"text": "Hello, I am Carla.", "avatar": "carla",
+                                                         "voice": "english (america)", "language": "en"})
+    assert reply_ok(video) and video.blobs and video.links
+    assert video.jsons[0]["outputs"][0]["avatar_id"] == created.variables["avatar_id"]
+    later = as_an_agent(plugin, stack, "get_video", {"job_id": video.variables["job_id"]})
+    assert reply_ok(later) and later.blobs
 
 
 def test_dynamic_options_list_avatars_and_voices(plugin: PluginProcess, stack: Stack) -> None:
-    avatars = plugin.options("text_to_video", "avatar", stack.credentials)
-    assert avatars.error is None, avatars.error
-    options = avatars.messages[0]["options"]
-    assert PHOTO in {o["value"] for o in options} and all(o["label"]["en_US"] for o in options)
-    voices = plugin.options("text_to_video", "voice", stack.credentials)
-    values = {o["value"] for o in voices.messages[0]["options"]}
+    for tool in ("text_to_video", "audio_to_video"):
+        options = options_for(plugin, stack, tool, "avatar_choice", "dify-admin")
+        assert PHOTO in {o["value"] for o in options} and all(o["label"]["en_US"] for o in options)
+    values = {o["value"] for o in options_for(plugin, stack, "text_to_video", "voice_choice", "dify-admin")}
     assert "en-us" in values and len(values) > 50
+    # The typed parameters are strings, not dropdowns: nothing to fetch for them.
+    assert options_for(plugin, stack, "text_to_video", "avatar", "dify-admin") == []
 
 
 def test_slow_job_returns_its_id_and_get_video_fetches_it_later(plugin: PluginProcess, stack: Stack) -> None:
@@ -274,10 +313,25 @@ def test_bad_input_is_a_clear_tool_error_and_the_plugin_lives_on(plugin: PluginP
     assert "text is empty" in error_of(plugin.invoke("text_to_video", {"text": "  "}, stack.credentials))
     assert "no avatar 'nobody'" in error_of(
         plugin.invoke("text_to_video", {"text": "Hi.", "avatar": "nobody"}, stack.credentials))
+    # What is typed wins over the dropdown's choice, and the choice counts when nothing is typed.
+    assert "no avatar 'nobody'" in error_of(plugin.invoke(
+        "text_to_video", {"text": "Hi.", "avatar": "nobody", "avatar_choice": PHOTO}, stack.credentials))
+    assert "no avatar 'gone'" in error_of(plugin.invoke(
+        "audio_to_video", {"audio_url": "https://x.example/a.wav", "avatar_choice": "gone"}, stack.credentials))
+    both_samples = error_of(plugin.invoke("text_to_video", {"text": "Hi.", "avatar": "astronaut (SAMPLE)"},
+                                          stack.credentials))  # both samples have this name
+    assert "could be 2 different avatars" in both_samples and "Give the id" in both_samples, both_samples
+    assert "no voice 'nobody'" in error_of(
+        plugin.invoke("text_to_video", {"text": "Hi.", "voice_choice": "nobody"}, stack.credentials))
+    photo = dify_file(f"{stack.receiver_base}/face.png", "anna.png", "image/png", "image")
+    assert "not both" in error_of(plugin.invoke("create_avatar", {"file": photo, "url": "https://x.example/a.png",
+                                                                  "name": "Twice"}, stack.credentials))
+    assert "whole https:// link" in error_of(
+        plugin.invoke("create_avatar", {"url": "face.png", "name": "Nowhere"}, stack.credentials))
     assert "not a job id" in error_of(plugin.invoke("get_video", {"job_id": "../etc"}, stack.credentials))
     failed = error_of(plugin.invoke("text_to_video", {"text": "Hi.", "voice": "no-such-voice", "avatar": PHOTO},
-                                    stack.credentials))  # refused at submit, before any render
-    assert "there is no voice 'no-such-voice'" in failed, failed
+                                    stack.credentials))  # refused before any render
+    assert "no voice 'no-such-voice'" in failed, failed
     assert plugin.alive and plugin.validate(stack.credentials).error is None
 
 
@@ -296,3 +350,53 @@ def test_bridge_going_down_mid_job_is_reported(plugin: PluginProcess, stack: Sta
                               credentials)
     assert f"Cannot reach the bridge at {base}" in error_of(reply)
     assert plugin.alive and plugin.validate(stack.credentials).error is None
+
+
+# --- Dify's limits: the file cap, pending jobs, polling --------------------------------------------
+
+
+def declared_outputs(tool: str) -> set[str]:
+    """The output variables a tool declares to Dify (its yaml's output_schema): what a workflow can refer to."""
+    return set(tool_specs()[tool]["output_schema"]["properties"])
+
+
+def test_above_the_file_cap_the_link_comes_back_and_says_why(plugin: PluginProcess, stack: Stack) -> None:
+    capped = plugin.invoke("text_to_video", {"text": "A little too big for this Dify.", "avatar": PHOTO},
+                           {**stack.credentials, "max_file_mb": "0.01"})
+    assert reply_ok(capped) and capped.blobs == []
+    variables = capped.variables
+    assert set(variables) == declared_outputs("text_to_video") and variables["duration_s"] > 0
+    assert capped.links == [variables["video_url"]]
+    [why] = [text for text in capped.texts if "only its link is returned" in text]
+    assert '"Largest video sent as a file (MB)" (0.01 MB)' in why and "PLUGIN_MAX_FILE_SIZE" in why, why
+    # Unset, the cap is Dify's default (50 MB): the same video comes back as a file.
+    fetched = plugin.invoke("get_video", {"job_id": variables["job_id"]}, stack.credentials)
+    assert reply_ok(fetched) and len(fetched.blobs) == 1
+    assert requests.get(variables["video_url"], timeout=30).content == fetched.blobs[0][0]
+    # A setting that is no size is refused when the admin saves it, with what to enter instead.
+    refused = error_of(plugin.validate({**stack.credentials, "max_file_mb": "50MB"}))
+    assert "Largest video sent as a file" in refused and "PLUGIN_MAX_FILE_SIZE" in refused, refused
+    assert plugin.validate({**stack.credentials, "max_file_mb": "50"}).error is None
+
+
+def test_a_pending_job_gives_every_output_variable_empty(plugin: PluginProcess, stack: Stack) -> None:
+    polls: list[str] = []
+
+    def answered(method: str, path: str, response: requests.Response) -> None:
+        if method == "GET" and re.fullmatch(r"/v1/jobs/[0-9a-f]+", path):
+            polls.append(path)
+
+    unserved = {**stack.env, "BRIDGE_QUEUE": "pending-variables"}  # no worker: the job stays queued
+    with run_bridge_serve(unserved, stack.root / "serve-pending.log") as base, run_relay(base, answered) as relay:
+        credentials = {**stack.credentials, "bridge_url": relay}
+        waiting = plugin.invoke("text_to_video", {"text": "Not yet.", "avatar": PHOTO, "max_wait_s": 5},
+                                credentials)
+        assert reply_ok(waiting) and waiting.blobs == [] and waiting.links == []
+        # Polls back off: 0.5 s, 0.75 s, 1.1 s, 1.7 s, then what is left of the 5 s (a 0.5 s step made 10).
+        assert 1 <= len(polls) <= 5, polls
+        job_id = waiting.variables["job_id"]
+        empty = {"job_id": job_id, "video_url": "", "duration_s": 0, "poster_url": "", "subtitles_url": ""}
+        assert waiting.variables == empty and set(empty) == declared_outputs("text_to_video")
+        later = plugin.invoke("get_video", {"job_id": job_id}, credentials)
+    assert reply_ok(later) and later.variables == empty and set(empty) == declared_outputs("get_video")
+    assert any(f"job id is {job_id}" in text for text in later.texts), later.texts

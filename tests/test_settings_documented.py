@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 @pytest.mark.parametrize(("model", "prefix", "readme"), [
     (BridgeSettings, "BRIDGE_", "bridge/README.md"),
-    (EngineSettings, "ENGINE_", "README.md"),
+    (EngineSettings, "ENGINE_", "engine/README.md"),
 ])
 def test_every_setting_is_in_the_readme_and_env_example(model: type, prefix: str, readme: str) -> None:
     names = [prefix + name.upper() for name in model.model_fields]

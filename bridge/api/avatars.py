@@ -1,8 +1,9 @@
 """Avatars: GET /v1/avatars, POST /v1/avatars (upload or url → a preprocessing job), DELETE /v1/avatars/{id}.
 
-An avatar made through the API belongs to its caller's ``sub`` (the ``avatars`` table); avatars that
-exist only in the engine's store (the samples, ones made with ``python -m engine avatars add``) are
-shared by everyone and deleted only by an admin.
+An avatar made through the API belongs to the API key that signed its caller's token (the ``avatars``
+table's ``kid``), not to one ``sub``: a Dify workspace holds one key, and its avatars serve every app and end
+user there (bridge/README.md, "Tenants, quotas and turns"). Avatars that exist only in the engine's store (the
+samples, ones made with ``python -m engine avatars add``) are shared by everyone and deleted only by an admin.
 """
 
 from __future__ import annotations

@@ -11,7 +11,16 @@ import redis
 from celery import Celery
 from flask import current_app, g, request
 
-from bridge.auth import SCOPES, AuthError, Claims, ReplayStore, ReplayStoreUnavailable, verify_token
+from bridge.auth import (
+    API_KEY_SENT,
+    SCOPES,
+    AuthError,
+    Claims,
+    ReplayStore,
+    ReplayStoreUnavailable,
+    looks_like_api_key,
+    verify_token,
+)
 from bridge.db import Database, Owner
 from bridge.keys import KeyFileError, KeyStore
 from bridge.links import LinkMinter, LinkSigner
@@ -82,6 +91,8 @@ def _bearer_token() -> str | None:
         return None
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
+    if any(looks_like_api_key(word) for word in header.split()):  # "Authorization: thk_…", "Token thk_…"
+        raise AuthError(API_KEY_SENT, "api_key_not_token")
     if scheme.lower() != "bearer" or not token or " " in token:
         raise AuthError("malformed Authorization header: expected 'Bearer <token>'")
     return token
@@ -102,7 +113,8 @@ def require_token(*scopes: str) -> Callable[[F], F]:
                 token = _bearer_token()
                 if token is None:
                     return problem(
-                        401, None, "missing bearer token: send 'Authorization: Bearer <token>'", INVALID_TOKEN,
+                        401, None, "missing bearer token: send 'Authorization: Bearer <token>' (python -m bridge "
+                        "token mints one from your API key)", INVALID_TOKEN,
                         headers={"WWW-Authenticate": _challenge(realm)}, code="missing_token",
                     )
                 claims = verify_token(token, st.keys, st.settings, st.replay_store)
