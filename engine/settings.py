@@ -25,8 +25,9 @@ class EngineSettings(BaseSettings):
     max_audio_s: float = Field(300.0, gt=0)
     max_template_s: float = Field(300.0, gt=0)
     max_template_pixels: int = Field(3840 * 2160, gt=0)
-    min_face_px: int = Field(80, ge=16, description="Smallest face height (pixels) the engine accepts; a template "
-                             "smaller than this on either side cannot hold one and is refused.")
+    min_face_px: int = Field(40, ge=16, description="Smallest face (brow to chin, pixels) the engine accepts; a "
+                             "template smaller than this on either side cannot hold one and is refused. The mouth is "
+                             "drawn at a fixed working size, so small faces are upscaled, not drawn coarsely.")
 
     lead_in_s: float = Field(0.2, ge=0, le=2)
     lead_out_s: float = Field(0.3, ge=0, le=2)

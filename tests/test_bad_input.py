@@ -107,9 +107,10 @@ def test_template_face_too_small(tmp_path: Path) -> None:
     tiny = tmp_path / "tiny.png"
     photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
     canvas = np.full((720, 1280, 3), 200, np.uint8)
-    canvas[300:300 + 256, 500:500 + 256] = cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA)
+    canvas[300:300 + 180, 500:500 + 180] = cv2.resize(photo, (180, 180), interpolation=cv2.INTER_AREA)
     cv2.imwrite(str(tiny), canvas)
-    with pytest.raises(FaceTooSmall, match=r"px tall; at least 80 px is needed"):
+    with pytest.raises(FaceTooSmall, match=r"px from brow to chin; at least 40 px is needed\. Use the same picture at "
+                       r"1[3-9]\d0x[7-9]\d0 px or larger"):
         Engine(EngineSettings(storage_root=tmp_path / "s")).avatars.add(tiny)
 
 
@@ -117,9 +118,10 @@ def test_several_faces_use_the_largest_and_say_so(tmp_path: Path) -> None:
     from skimage import data
 
     photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    canvas = np.full((512, 900, 3), 200, np.uint8)
+    # A side-by-side montage: two real faces, one of them a little larger.
+    canvas = np.full((512, 1000, 3), 200, np.uint8)
     canvas[:, :512] = photo
-    canvas[100:100 + 380, 515:515 + 380] = cv2.resize(photo, (380, 380), interpolation=cv2.INTER_AREA)
+    canvas[20:20 + 480, 515:515 + 480] = cv2.resize(photo, (480, 480), interpolation=cv2.INTER_AREA)
     path = tmp_path / "two.png"
     cv2.imwrite(str(path), canvas)
     avatar = Engine(EngineSettings(storage_root=tmp_path / "s")).avatars.add(path)
@@ -200,7 +202,7 @@ def test_avatars_that_lie_or_are_too_small_are_refused(hostile: Path, tmp_path: 
     store = Engine(EngineSettings(_env_file=None, storage_root=tmp_path)).avatars  # type: ignore[call-arg]
     with pytest.raises(MediaTooLong, match=r"holds more than 300 s of media, although its header says 1\.0 s"):
         store.add(hostile / "400s.mkv")
-    with pytest.raises(UnsupportedMedia, match="is only 1x1 pixels; a face needs a picture at least 80 pixels"):
+    with pytest.raises(UnsupportedMedia, match="is only 1x1 pixels; a face needs a picture at least 40 pixels"):
         store.add(hostile / "dot.mp4")
     assert store.list() == []
 

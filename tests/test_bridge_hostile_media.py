@@ -86,7 +86,7 @@ def test_a_1x1_video_is_refused_in_plain_words(bridge: Bridge, hostile: Path) ->
                                   content_type="multipart/form-data",
                                   data={"file": ((hostile / "dot.mp4").open("rb"), "dot.mp4")})
     refused_cleanly(bridge, response, "tenant-dot", "file", "unsupported_media",
-                    "dot.mp4 is only 1x1 pixels; a face needs a picture at least 80 pixels wide and tall")
+                    "dot.mp4 is only 1x1 pixels; a face needs a picture at least 40 pixels wide and tall")
 
 
 def test_65_channels_are_refused_in_plain_words(bridge: Bridge, hostile: Path) -> None:

@@ -153,7 +153,7 @@ def test_limits_follow_the_engine() -> None:
     settings = EngineSettings(_env_file=None, max_audio_s=42, max_template_pixels=1000)  # type: ignore[call-arg]
     assert MediaLimits.for_engine("audio", settings).max_duration_s == 42
     assert MediaLimits.for_engine("avatar", settings).max_pixels == 1000
-    assert MediaLimits.for_engine("avatar", settings).min_side == settings.min_face_px == 80
+    assert MediaLimits.for_engine("avatar", settings).min_side == settings.min_face_px == 40
 
 
 # --- issue #10: lengths are measured, not read from headers ------------------------------------------------------
@@ -170,7 +170,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lying_mkv(d / "400s.mkv")
     one_pixel_video(d / "dot.mp4")
     packed_mkv(d / "packed.mkv")
-    ffmpeg("-f", "lavfi", "-i", "color=size=64x64", "-frames:v", "1", str(d / "small.png"))
+    ffmpeg("-f", "lavfi", "-i", "color=size=36x36", "-frames:v", "1", str(d / "small.png"))
     for channels in (64, 65):
         many_channel_wav(d / f"{channels}ch.wav", channels)
     return d
@@ -216,10 +216,10 @@ def test_reading_stops_at_the_frame_cap(media: Path) -> None:
     assert MediaLimits(max_duration_s=10, max_fps=25).max_frames == 251
 
 
-@pytest.mark.parametrize(("name", "size"), [("dot.mp4", "1x1"), ("small.png", "64x64")])
+@pytest.mark.parametrize(("name", "size"), [("dot.mp4", "1x1"), ("small.png", "36x36")])
 def test_a_picture_too_small_for_a_face_is_refused(hostile: Path, name: str, size: str) -> None:
     err = reject(hostile / name, "avatar", UnsupportedMedia, f"is only {size} pixels; a face needs a picture at least "
-                 "80 pixels wide and tall; use a larger photo or video", limits=AVATAR, user_filename=name)
+                 "40 pixels wide and tall; use a larger photo or video", limits=AVATAR, user_filename=name)
     assert err.code == "unsupported_media"
 
 

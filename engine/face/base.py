@@ -43,18 +43,37 @@ class Box:
         return Box(self.left * factor, self.top * factor, self.right * factor, self.bottom * factor)
 
 
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes (0 when they do not touch)."""
+    inter = Box(max(a.left, b.left), max(a.top, b.top), min(a.right, b.right), min(a.bottom, b.bottom)).area
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
 class LandmarkBackend(ABC):
     """Detects faces and places 68 landmarks on one BGR frame."""
 
     name: str = ""
 
     @abstractmethod
-    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
-        """All faces in the frame, largest first."""
+    def detect(self, frame_bgr: np.ndarray, near: Box | None = None) -> list[Box]:
+        """All faces in the frame, largest first.
+
+        ``near`` is where the tracked face was last seen. A backend that would have to upscale the
+        whole frame to see a face that small may look only around it instead.
+        """
 
     @abstractmethod
     def landmarks(self, frame_bgr: np.ndarray, box: Box) -> np.ndarray:
         """(68, 2) float32 pixel coordinates for the face in ``box``."""
+
+    def confirm(self, frame_bgr: np.ndarray, box: Box) -> bool:
+        """Whether a second, stronger look agrees that ``box`` holds a face.
+
+        Only asked when a frame has several candidates, so a slow check costs little. Backends whose
+        detector is already a CNN trust it.
+        """
+        return True
 
 
 @dataclass

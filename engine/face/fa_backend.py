@@ -119,7 +119,7 @@ class FaceAlignmentBackend(LandmarkBackend):
                 _instances[key] = _build(paths["fan"], paths["s3fd"], self.device)
             self._fa = _instances[key]
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
+    def detect(self, frame_bgr: np.ndarray, near: Box | None = None) -> list[Box]:
         rgb = _to_rgb(frame_bgr)
         h, w = rgb.shape[:2]
         scale = min(1.0, _DETECT_LONG_SIDE / max(h, w))

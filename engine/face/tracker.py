@@ -8,6 +8,7 @@ models were trained on detector boxes and drift when fed boxes of another shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from engine.errors import CorruptMedia, FaceTooSmall, NoFace
-from engine.face.base import Box, FaceTrack, LandmarkBackend
+from engine.face.base import Box, FaceTrack, LandmarkBackend, iou
 
 # Jaw, brows, nose and eyes: rigid enough to define where the face is.
 STABLE = slice(0, 48)
@@ -38,6 +39,10 @@ _MIN_SIMILARITY = 0.4
 # Refit once in a box centred on the new landmarks when the face moved more than this (of its scale).
 _REFIT_SHIFT = 0.05
 _PATCH_PX = 24
+# Candidates overlapping this much are the same place in the frame, judged once; at most this many
+# places are remembered, so a crowd costs one look per face per detection and no more memory.
+_SAME_PLACE = 0.5
+_MAX_VERDICTS = 32
 
 
 @dataclass(frozen=True)
@@ -95,31 +100,46 @@ def _patch(frame: np.ndarray, lm: np.ndarray) -> np.ndarray:
     return small / norm if norm > 1e-6 else small
 
 
-def _iou(a: Box, b: Box) -> float:
-    inter = Box(max(a.left, b.left), max(a.top, b.top), min(a.right, b.right), min(a.bottom, b.bottom)).area
-    union = a.area + b.area - inter
-    return inter / union if union > 0 else 0.0
-
 
 class _Tracker:
     def __init__(self, backend: LandmarkBackend) -> None:
         self.backend = backend
         self.max_faces = 0
+        # Second opinions already given, by place in the frame: a template's false face (a patch on
+        # a jacket, say) sits still, so one look at it is enough for the whole template.
+        self._verdicts: list[tuple[Box, bool]] = []
 
     def detect(self, frame: np.ndarray, previous: _State | None) -> _State | None:
-        boxes = self.backend.detect(frame)
-        self.max_faces = max(self.max_faces, len(boxes))
+        expected = None if previous is None else previous.calibration.box_for(previous.landmarks)
+        boxes = self.backend.detect(frame, near=expected)
         if not boxes:
             return None
-        box = boxes[0]
-        if previous is not None:
+        faces = self._faces(frame, boxes)
+        self.max_faces = max(self.max_faces, len(faces))
+        # With no candidate confirmed the detector's own best guess is still used, as before.
+        box = faces[0] if faces else boxes[0]
+        if expected is not None:
             # Stay on the face being tracked even if another one has become larger.
-            expected = previous.calibration.box_for(previous.landmarks)
-            overlap = max(boxes, key=lambda b: _iou(b, expected))
-            if _iou(overlap, expected) > 0.3:
+            overlap = max(boxes, key=lambda b: iou(b, expected))
+            if iou(overlap, expected) > 0.3:
                 box = overlap
         lm = self.backend.landmarks(frame, box)
         return _State(lm, _Calibration.fit(box, lm), _patch(frame, lm))
+
+    def _faces(self, frame: np.ndarray, boxes: list[Box]) -> list[Box]:
+        """The candidates a second look confirms; a lone candidate needs none (nothing to choose or count)."""
+        if len(boxes) == 1:
+            return boxes
+        return [box for box in boxes if self._confirmed(frame, box)]
+
+    def _confirmed(self, frame: np.ndarray, box: Box) -> bool:
+        for seen, verdict in self._verdicts:
+            if iou(seen, box) > _SAME_PLACE:
+                return verdict
+        verdict = self.backend.confirm(frame, box)
+        if len(self._verdicts) < _MAX_VERDICTS:
+            self._verdicts.append((box, verdict))
+        return verdict
 
     def follow(self, frame: np.ndarray, previous: _State) -> _State | None:
         """Landmarks fitted in the box the previous frame implies, or None when the face looks lost."""
@@ -191,10 +211,7 @@ def track_frames(
 
     height = float(np.median(boxes[:, 3] - boxes[:, 1]))
     if height < min_face_px:
-        raise FaceTooSmall(
-            f"the face is {round(height)} px tall; at least {min_face_px} px is needed "
-            "(use a larger or closer template)"
-        )
+        raise FaceTooSmall(too_small_message(height, min_face_px, size))
     if missing:
         ranges = _ranges(missing)
         if len(missing) > MAX_MISSING_FRACTION * len(found):
@@ -204,6 +221,16 @@ def track_frames(
             )
         notes.append(f"no face in frames {ranges} (of {len(found)}); filled in from the neighbouring frames")
     return FaceTrack(boxes, landmarks, size[0], size[1], float(fps), tuple(notes))
+
+
+def too_small_message(height: float, min_face_px: int, size: tuple[int, int]) -> str:
+    """What is wrong and the size that would do: the same framing, scaled until the face is big enough."""
+    factor = min_face_px / max(height, 1.0)
+    width, tall = (math.ceil(side * factor / 10) * 10 for side in size)
+    return (
+        f"the face is {round(height)} px from brow to chin; at least {min_face_px} px is needed. "
+        f"Use the same picture at {width}x{tall} px or larger ({factor:.1f}x), or one framed closer to the face"
+    )
 
 
 def _fill_missing(found: list[np.ndarray | None]) -> tuple[np.ndarray, list[int]]:
