@@ -15,17 +15,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import subtitles
+from . import links, subtitles
 from .audio import decode_audio, pad, write_wav
 from .avatars import AvatarStore
 from .errors import EngineError, InvalidText, MediaTooLong, UnsupportedMedia
+from .language_id import language_name
 from .lipsync.base import RenderContext, Renderer
 from .media import validate_audio
 from .prefetch import prefetch
 from .settings import EngineSettings, get_settings
-from .text import clean_text, detect_lang
+from .text import choose_language, clean_text
 from .tts import get_backend as get_tts
-from .tts.base import Speech, SynthesisRequest
+from .tts.base import Speech, SynthesisRequest, TTSBackend
+from .tts.languages import speaks
 from .video import Background, BurnIn, VideoWriter, even_size
 
 Resolution = Literal["source", "720p", "1080p"]
@@ -40,6 +42,9 @@ class Spoken:
     speech: Speech
     lang: str | None
     tts: str | None
+    notes: tuple[str, ...] = ()
+    """What the user should know about how the text was read: the detected language, a voice that
+    does not speak it."""
 
 
 @dataclass
@@ -135,14 +140,19 @@ class Engine:
             samples = decode_audio(Path(req.audio), UPLOAD_SAMPLE_RATE, max_s=self.settings.max_audio_s)
             return Spoken(Speech(samples, UPLOAD_SAMPLE_RATE), None, None)
         text = clean_text(req.text or "", self.settings.max_text_chars)
-        lang = detect_lang(text, req.lang)
+        choice = choose_language(text, req.lang)
         if not 0.5 <= req.speed <= 2.0:
             raise InvalidText("speed must be between 0.5 and 2.0", field="speed")
         backend = get_tts(self.settings, req.tts)
-        speech = backend.synthesize(SynthesisRequest(text=text, lang=lang, voice=req.voice, speed=req.speed))
+        script = links.script(text, choice.tag)
+        request = SynthesisRequest(text=script.spoken, lang=choice.tag, voice=req.voice, speed=req.speed)
+        speech = backend.synthesize(request)
         if speech.duration <= 0.05:
             raise InvalidText("the text produced no speech; check the language and voice", field="text")
-        return Spoken(speech, lang, backend.name)
+        speech = Speech(speech.samples, speech.sample_rate, speech.phonemes,
+                        links.display_words(speech.words, script))
+        notes = choice.notes + _voice_note(backend, request, choice.text_lang)
+        return Spoken(speech, choice.tag, backend.name, notes)
 
     def render(self, req: RenderRequest, progress: ProgressFn | None = None) -> RenderResult:
         progress = progress or _quiet
@@ -180,7 +190,7 @@ class Engine:
         out = Path(req.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out_size = even_size(template.width, template.height, _HEIGHTS[req.resolution])
-        notes = list(avatar.notes)
+        notes = [*spoken.notes, *avatar.notes]
         words = padded.words
         if (req.subtitles or req.burn_subtitles) and not words:
             notes.append("subtitles need word timings; uploaded audio has none, so none were made")
@@ -228,6 +238,16 @@ class Engine:
             avatar_id=avatar.id, renderer=renderer.name, lang=lang, tts=tts_name, subtitles_vtt=vtt,
             subtitles_srt=srt, timings=timings, notes=notes,
         )
+
+
+def _voice_note(backend: TTSBackend, request: SynthesisRequest, text_lang: str | None) -> tuple[str, ...]:
+    """A note when the voice reading the text does not speak the text's language (it will sound wrong)."""
+    voice = None if text_lang is None else backend.speaker(request)
+    if voice is None or text_lang is None or speaks(voice, text_lang):
+        return ()
+    return (f"voice {voice.id!r} speaks {', '.join(voice.languages)}, but the text is in "
+            f"{language_name(text_lang)} ({text_lang}): it will sound foreign; choose a voice that speaks "
+            f"{text_lang} (`python -m engine voices` or GET /v1/voices), or leave voice empty",)
 
 
 _default: Engine | None = None

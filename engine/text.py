@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 from .errors import InvalidText, UnknownVoice
+from .language_id import identify, language_name
+from .pictographs import strip_pictographs
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 LANG_ALIASES = {"zh": "zh", "cmn": "zh", "zh-cn": "zh", "zh-hans": "zh", "mandarin": "zh",
                 "en": "en", "en-us": "en", "english": "en"}
 MAX_TAG_LENGTH = 35
@@ -26,8 +28,9 @@ TAG_HINT = "a BCP 47 language tag such as en, en-US, cmn or zh-Hans-CN, or auto"
 
 
 def speakable_text(text: str) -> str:
-    """``text`` normalised to NFC with whitespace and control characters collapsed to single spaces.
+    """``text`` normalised to NFC, without emoji, with whitespace and controls collapsed to single spaces.
 
+    Emoji go (``pictographs``): subtitle fonts draw them as empty boxes and voices read their names.
     Refuses text a voice cannot say: empty, or only emoji, punctuation, symbols and controls (no
     letter or digit at all), and text that is not valid Unicode (a lone surrogate cannot be encoded
     for any synthesiser).
@@ -43,6 +46,7 @@ def speakable_text(text: str) -> str:
     cleaned = " ".join("".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in normal).split())
     if not cleaned:
         raise InvalidText("text is empty: give at least one word to speak")
+    cleaned = " ".join(strip_pictographs(cleaned).split())
     if not any(ch.isalnum() for ch in cleaned):
         raise InvalidText("text is empty of words: it holds only emoji, punctuation or symbols, which no voice "
                           "can say; give at least one word to speak")
@@ -73,9 +77,48 @@ def language_tag(lang: str | None) -> str:
     return lang.lower()
 
 
-def detect_lang(text: str, lang: str | None) -> str:
-    """Resolve ``auto``/aliases to a language tag; any CJK ideograph means Mandarin."""
+@dataclass(frozen=True)
+class LanguageChoice:
+    """The tag a text is spoken in, and what the user should be told about how it was chosen."""
+
+    tag: str
+    notes: tuple[str, ...] = ()
+    text_lang: str | None = None
+    """The text's language: detected where that was sure, else the given ``lang``; None for an unsure
+    ``auto`` (so no voice is blamed for a language the text may not be in)."""
+
+
+def choose_language(text: str, lang: str | None) -> LanguageChoice:
+    """Resolve ``auto`` by detection, aliases to their tag, and say what was picked or doubted.
+
+    ``auto`` reports the language it picked; text too short or mixed to tell is read as English and
+    says so. A given ``lang`` is kept, with a note when the text is plainly in another language.
+    """
     tag = language_tag(lang)
+    guess = identify(text)
     if tag != "auto":
-        return LANG_ALIASES.get(tag, tag)
-    return "zh" if _CJK.search(text) else "en"
+        tag = LANG_ALIASES.get(tag, tag)
+        notes = ()
+        if guess.sure and not _same_language(guess.tag, tag):
+            notes = (f"the text looks like {guess.name} ({guess.tag}), but lang is {tag}: it is read as "
+                     f"{language_name(tag)}; set lang to {guess.tag} or auto to have it read as {guess.name}",)
+        return LanguageChoice(tag, notes, guess.tag if guess.sure else tag)
+    if guess.sure:
+        return LanguageChoice(guess.tag, (f"auto-detected language: {guess.name} ({guess.tag})",), guess.tag)
+    maybe = "" if guess.tag == "en" or guess.confidence < 0.3 else \
+        f" (best guess {guess.name}, {guess.confidence:.0%} likely)"
+    return LanguageChoice("en", (f"lang auto could not tell the language of this text, it is too short or mixed"
+                                 f"{maybe}; it is read as English (en): set lang to choose",))
+
+
+def _same_language(a: str, b: str) -> bool:
+    """Whether two tags name one language: the same first subtag, Mandarin's two names counted as one."""
+    fold = {"cmn": "zh", "no": "nb"}
+    first_a, first_b = a.split("-")[0], b.split("-")[0]
+    return fold.get(first_a, first_a) == fold.get(first_b, first_b)
+
+
+def detect_lang(text: str, lang: str | None) -> str:
+    """The tag ``text`` is spoken in: ``lang`` (aliases resolved) or, for ``auto``, the detected language."""
+    tag = language_tag(lang)
+    return LANG_ALIASES.get(tag, tag) if tag != "auto" else choose_language(text, tag).tag

@@ -222,6 +222,34 @@ def test_cli_render_json_and_eval(settings: EngineSettings, tmp_path: Path) -> N
     assert {"en-us", "cmn"} <= ids
 
 
+FR = ("Bonjour à tous 👋🏽 ! La documentation est sur https://exemple.fr/docs?page=2 et vous pouvez écrire à "
+      "jane.doe@exemple.org, si vous avez des questions.")
+
+
+def test_cli_french_render_says_the_language_and_keeps_addresses_whole(settings: EngineSettings,
+                                                                       tmp_path: Path) -> None:
+    """Issue 12 §7 as a user meets it: the notes the CLI prints, and the subtitle files beside the video."""
+    env = {"ENGINE_STORAGE_ROOT": str(settings.storage_root), "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "fr.mp4"
+    run = subprocess.run(
+        [sys.executable, "-m", "engine", "render", "--text", FR, "--voice", "en-us", "--avatar", "astronaut-photo",
+         "--out", str(out), "--subtitles"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    notes = [line for line in run.stdout.splitlines() if line.startswith("note: ")]
+    assert notes[:2] == [
+        "note: auto-detected language: French (fr)",
+        "note: voice 'en-us' speaks en-us, but the text is in French (fr): it will sound foreign; choose a voice "
+        "that speaks fr (`python -m engine voices` or GET /v1/voices), or leave voice empty"]
+    for captions in (out.with_suffix(".srt"), out.with_suffix(".vtt")):
+        text = captions.read_text(encoding="utf-8")
+        lines = [line for line in text.splitlines()
+                 if line and line != "WEBVTT" and "-->" not in line and not line.isdigit()]
+        assert lines[0] == "Bonjour à tous !", text
+        assert any("https://exemple.fr/docs?page=2" in line for line in lines), text
+        assert any("jane.doe@exemple.org," in line for line in lines), text
+        assert not any(ord(ch) >= 0x1F000 for ch in text)
+
+
 def test_burned_in_subtitles_draw_into_the_bottom_of_the_picture(engine: Engine, tmp_path: Path) -> None:
     plain, burned = tmp_path / "plain.mp4", tmp_path / "burned.mp4"
     engine.render(RenderRequest(avatar="astronaut-photo", out=plain, text=ZH))

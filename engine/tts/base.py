@@ -75,3 +75,11 @@ class TTSBackend(ABC):
     @abstractmethod
     def voices(self) -> list[Voice]:
         """Voices this backend can use right now."""
+
+    def speaker(self, request: SynthesisRequest) -> Voice | None:
+        """The voice that will read ``request``, so the engine can tell the user when its language is not
+        the text's; None when that is not known. Default: the asked-for voice, else the first listed."""
+        voices = self.voices()
+        if request.voice:
+            return next((v for v in voices if v.id.lower() == request.voice.lower()), None)
+        return voices[0] if voices else None

@@ -179,6 +179,10 @@ class EspeakBackend(TTSBackend):
                                "voices`, or GET /v1/voices) shows the languages", field="lang")
         return match.id
 
+    def speaker(self, request: SynthesisRequest) -> Voice | None:
+        wanted = self.voice_for(request)
+        return next((v for v in self._voices if v.id == wanted), None)
+
     def synthesize(self, request: SynthesisRequest) -> Speech:
         voice = self.voice_for(request)
         rate = int(np.clip(175 * request.speed, 80, 450))

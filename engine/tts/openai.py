@@ -99,6 +99,11 @@ class OpenAITTSBackend(TTSBackend):
         return post_for_audio(f"{self.base_url}/v1/audio/speech", payload, headers=self._headers(),
                               timeout_s=self._timeout, service="OpenAI-compatible TTS server")
 
+    def speaker(self, request: SynthesisRequest) -> Voice | None:
+        """Named without asking the server (its voice list costs a request)."""
+        vid = request.voice or self._voice
+        return Voice(id=vid, name=vid, languages=_languages(vid), backend=self.name)
+
     def voices(self) -> list[Voice]:
         """The configured voice, plus the server's list where it has one (Kokoro-FastAPI does)."""
         ids = [self._voice]
