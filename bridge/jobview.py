@@ -28,6 +28,8 @@ def job_json(job: Job, links: LinkMinter) -> dict[str, Any]:
             "subtitles_url": links.sign(job.id, out["subtitles_vtt"]).url if out.get("subtitles_vtt") else None,
             "expires_at": iso(datetime.fromtimestamp(video.expires_at, UTC)),
             **{key: out[key] for key in ("duration_s", "width", "height", "size_bytes", "mime")},
+            # Outputs stored before notes were kept have none.
+            "notes": list(out.get("notes") or []),
         })
     error = {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
     return {"id": job.id, "kind": job.kind or "render", "status": job.status, "stage": job.stage,

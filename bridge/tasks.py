@@ -457,7 +457,8 @@ class JobRunner:
                 self._upload(job_id, name, storage.publish(job_id, name, source))
         return {"avatar_id": result.avatar_id, "name": video, **files,
                 "duration_s": round(result.duration_s, 3), "width": result.width, "height": result.height,
-                "size_bytes": storage.output_path(job_id, video).stat().st_size, "mime": output_mime(video)}
+                "size_bytes": storage.output_path(job_id, video).stat().st_size, "mime": output_mime(video),
+                "notes": list(result.notes)}
 
 
 def _lease_over(job: Job) -> bool:

@@ -18,13 +18,13 @@ from typing import Literal
 from . import links, subtitles
 from .audio import decode_audio, pad, write_wav
 from .avatars import AvatarStore
-from .errors import EngineError, InvalidText, MediaTooLong, UnsupportedMedia
+from .errors import EngineError, InvalidText, MediaTooLong, UnknownVoice, UnsupportedMedia
 from .language_id import language_name
 from .lipsync.base import RenderContext, Renderer
 from .media import validate_audio
 from .prefetch import prefetch
 from .settings import EngineSettings, get_settings
-from .text import choose_language, clean_text
+from .text import choose_language, clean_text, language_tag
 from .tts import get_backend as get_tts
 from .tts.base import Speech, SynthesisRequest, TTSBackend
 from .tts.languages import speaks
@@ -146,7 +146,13 @@ class Engine:
         backend = get_tts(self.settings, req.tts)
         script = links.script(text, choice.tag)
         request = SynthesisRequest(text=script.spoken, lang=choice.tag, voice=req.voice, speed=req.speed)
-        speech = backend.synthesize(request)
+        try:
+            speech = backend.synthesize(request)
+        except UnknownVoice as exc:
+            if exc.field != "lang" or language_tag(req.lang) != "auto":
+                raise
+            raise UnknownVoice(f"lang auto found {language_name(choice.tag)} ({choice.tag}) in the text, and {exc}; "
+                               "or set lang to a language the voice speaks", field="lang") from exc
         if speech.duration <= 0.05:
             raise InvalidText("the text produced no speech; check the language and voice", field="text")
         speech = Speech(speech.samples, speech.sample_rate, speech.phonemes,

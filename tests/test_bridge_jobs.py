@@ -104,14 +104,19 @@ def test_text_job_renders_and_downloads(bridge: Bridge, finished: dict[str, Any]
 
 
 def test_two_jobs_back_to_back_both_succeed(bridge: Bridge) -> None:
+    """The second is French with the default ``lang`` (auto): the job says which language it picked."""
     ids = [bridge.submit({"text": text, "avatar_id": AVATAR, "subtitles": True}).get_json()["id"]
-           for text in ("First one.", "Second one.")]
+           for text in ("First one.", "Bonjour à tous, et merci d'être venus.")]
+    notes = []
     for job_id in ids:
         body = bridge.wait(job_id)
         assert body["status"] == "succeeded", body
         subtitles = bridge.client.get(path_of(body["outputs"][0]["subtitles_url"]))
         assert subtitles.status_code == 200 and subtitles.mimetype == "text/vtt"
         assert subtitles.get_data(as_text=True).startswith("WEBVTT")
+        notes.append(body["outputs"][0]["notes"])
+    assert "auto-detected language: French (fr)" in notes[1]
+    assert not any("French" in note for note in notes[0])
 
 
 # --- links -------------------------------------------------------------------------------------

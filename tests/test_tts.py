@@ -169,6 +169,19 @@ def test_piper_refuses_other_languages_and_voices(piper_backend) -> None:
         piper_backend._check(SynthesisRequest("hello", lang=lang))
 
 
+def test_piper_on_auto_detected_french_says_what_auto_found(piper_backend, tmp_path) -> None:
+    """The user sent ``lang: auto``; the refusal must not read as if they had asked for 'fr'."""
+    from engine import Engine
+    from engine.render import RenderRequest
+
+    engine = Engine(make_settings(storage_root=tmp_path))
+    request = RenderRequest(avatar="unused", out=tmp_path / "x.mp4", lang="auto", tts="piper",
+                            text="Bonjour à tous, et merci d'être venus si nombreux ce matin.")
+    with pytest.raises(UnknownVoice, match=r"^lang auto found French \(fr\) in the text, and the Piper voice") as err:
+        engine.speak(request)
+    assert err.value.field == "lang" and "set lang to a language the voice speaks" in str(err.value)
+
+
 def test_piper_missing_voice_file(tmp_path) -> None:
     pytest.importorskip("piper")
     with pytest.raises(MissingWeights, match="ENGINE_PIPER_VOICE"):

@@ -185,9 +185,10 @@ def deliver(tool: Tool, client: BridgeClient, job: dict[str, Any], delivery: str
     out = job["outputs"][0]
     if delivery != "link":
         yield from video_file(tool, client, job_id, out, max_file_bytes)
+    notes = "".join(f" Note: {note.rstrip('.')}." for note in out.get("notes") or [])
     yield tool.create_text_message(
         f"Video ready: {out['duration_s']:.1f} s, {out['width']}x{out['height']}. The link works until "
-        f"{out['expires_at']}.")
+        f"{out['expires_at']}.{notes}")
     yield tool.create_link_message(out["video_url"])
     yield tool.create_json_message(job)
     for name, value in variables.items():

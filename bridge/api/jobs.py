@@ -106,6 +106,10 @@ class OutputOut(Schema):
     height = Integer(required=True)
     size_bytes = Integer(required=True)
     mime = String(required=True, metadata={"example": "video/mp4"})
+    notes = List(String(), required=True, metadata={
+        "description": "What the engine decided for you, in words: the language `lang: auto` picked, a voice that "
+                       "does not speak the text's language, an avatar with several faces.",
+        "example": ["auto-detected language: French (fr)"]})
 
 
 class JobOut(Schema):
