@@ -70,7 +70,8 @@ bench: setup
 
 # Renders the fixed hard cases (tests/quality/) and writes the mouth's contact sheets, report.md and report.json
 # to out/quality/; exits non-zero if a case misses `python -m engine eval`'s targets. QUALITY_CASES picks a subset.
-quality: setup
+# Only the server environment is needed: the cases build their avatars in their own store (out/quality/store).
+quality: system-deps $(VENV)/.installed
 	$(PY) -m tests.quality --out out/quality
 
 lint: $(VENV)/.installed
