@@ -13,7 +13,7 @@ export ENGINE_STORAGE_ROOT ?= $(CURDIR)/var
 DEMO_TEXT ?= Hello! I am a talking head, made from one line of text on a plain CPU. Nice to meet you.
 DEMO_OUT ?= out/demo.mp4
 
-.PHONY: setup system-deps samples demo test bench lint package clean
+.PHONY: setup system-deps samples demo test bench quality lint package clean
 
 setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 
@@ -67,6 +67,12 @@ bench: setup
 	$(PY) tests/bench/edge_bench.py 2>/dev/null
 	$(PY) tests/bench/intake_bench.py 2>/dev/null
 	$(PLUGIN_VENV)/bin/python tests/bench/plugin_handover_bench.py
+
+# Renders the fixed hard cases (tests/quality/) and writes the mouth's contact sheets, report.md and report.json
+# to out/quality/; exits non-zero if a case misses `python -m engine eval`'s targets. QUALITY_CASES picks a subset.
+# Only the server environment is needed: the cases build their avatars in their own store (out/quality/store).
+quality: system-deps $(VENV)/.installed
+	$(PY) -m tests.quality --out out/quality
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
