@@ -21,6 +21,7 @@ from .avatars import AvatarStore
 from .errors import EngineError, InvalidText, MediaTooLong, UnsupportedMedia
 from .lipsync.base import RenderContext, Renderer
 from .media import validate_audio
+from .neural import require
 from .prefetch import prefetch
 from .settings import EngineSettings, get_settings
 from .text import clean_text, detect_lang
@@ -114,6 +115,7 @@ class Engine:
                 from .lipsync.procedural import ProceduralRenderer
                 self._renderers[name] = ProceduralRenderer()
             elif name == "wav2lip":
+                require("the wav2lip renderer", ("torch",), field="renderer")
                 from .lipsync.wav2lip import Wav2LipRenderer
                 self._renderers[name] = Wav2LipRenderer(self.settings)
             elif name == "heygem":
