@@ -37,11 +37,13 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
+# The dev and test environment takes every extra, neural included, so the Wav2Lip and face_alignment tests run;
+# a server needs none of them for the default path (docs/server.md).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { py=$$(scripts/find-python.sh 3.11) && $$py -m venv $(VENV); }
 	@echo "installing the server environment ($(VENV), Python 3.11)"
 	@$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
-	@$(PY) -m pip install -q -e '.[piper,postgres,dev]' $(QUIET_PIP)
+	@$(PY) -m pip install -q -e '.[piper,postgres,neural,dev]' $(QUIET_PIP)
 	@touch $@
 
 $(PLUGIN_VENV)/.installed: requirements.txt

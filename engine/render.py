@@ -22,6 +22,7 @@ from .errors import EngineError, InvalidText, MediaTooLong, UnknownVoice, Unsupp
 from .language_id import language_name
 from .lipsync.base import RenderContext, Renderer
 from .media import validate_audio
+from .neural import require
 from .prefetch import prefetch
 from .settings import EngineSettings, get_settings
 from .text import choose_language, clean_text, language_tag
@@ -119,6 +120,7 @@ class Engine:
                 from .lipsync.procedural import ProceduralRenderer
                 self._renderers[name] = ProceduralRenderer()
             elif name == "wav2lip":
+                require("the wav2lip renderer", ("torch",), field="renderer")
                 from .lipsync.wav2lip import Wav2LipRenderer
                 self._renderers[name] = Wav2LipRenderer(self.settings)
             elif name == "heygem":

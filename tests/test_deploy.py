@@ -127,11 +127,19 @@ def test_dockerfile_passes_hadolint_and_runs_unprivileged(name: str) -> None:
         assert "--no-cache-dir" in args
     torch = [a for k, a in steps if k == "ARG" and a.startswith("TORCH_VERSION=")]
     if name == "Dockerfile.api":
-        assert not torch and not any("torch" in a for k, a in steps if k == "RUN")
+        assert not torch and not any("torch" in a or "neural" in a for k, a in steps if k == "RUN")
     else:
         assert torch == [f"TORCH_VERSION={pyproject_pins()['torch'].removeprefix('==')}"]
         index = next(a for k, a in steps if k == "ARG" and a.startswith("TORCH_INDEX="))
         assert index.endswith("/whl/cu130" if name.endswith("cuda") else "/whl/cpu")
+        (install,) = [a for k, a in steps if k == "RUN" and "pip install" in a and "torch==" in a]
+        (roles,) = [a for k, a in steps if k == "RUN" and "requirements.py" in a]
+        if name.endswith("cuda"):  # the GPU image always has the neural extra
+            assert install.startswith("pip install") and "requirements.py worker-neural " in roles
+        else:  # the CPU image only when built with NEURAL=1: the default path needs no torch
+            assert ("ARG", "NEURAL=0") in steps
+            assert install.startswith('if [ "${NEURAL}" = 1 ]; then pip install')
+            assert 'if [ "${NEURAL}" = 1 ]; then role=worker-neural; fi' in roles
 
 
 def test_hadolint_fails_on_warnings() -> None:
@@ -239,6 +247,10 @@ def test_requirements_split_follows_pyproject() -> None:
     api = module.requirements("api", PYPROJECT)
     extras = project["optional-dependencies"]
     assert worker == [*project["dependencies"], *extras["piper"], *extras["postgres"]]
+    assert module.requirements("worker-neural", PYPROJECT) == [*worker, *extras["neural"]]
+    neural = {canonicalize_name(Requirement(r).name) for r in extras["neural"]}
+    assert neural == {"torch", "face-alignment"}
+    assert not neural & {canonicalize_name(Requirement(r).name) for r in [*project["dependencies"], *api]}
     assert any(canonicalize_name(Requirement(r).name) == "psycopg" for r in api), "the API needs the PostgreSQL driver"
     for requirement in worker:  # exact pins only, so the images are as reproducible as `make setup`
         assert str(Requirement(requirement).specifier).startswith("=="), requirement
@@ -247,13 +259,13 @@ def test_requirements_split_follows_pyproject() -> None:
     assert [r for r in worker if canonicalize_name(Requirement(r).name) not in left_out] == api
 
 
-@pytest.mark.parametrize("role", ["api", "worker"])
+@pytest.mark.parametrize("role", ["api", "worker", "worker-neural"])
 def test_requirements_script_runs_as_the_dockerfiles_call_it(role: str, tmp_path: Path) -> None:
     """`COPY pyproject.toml deploy/requirements.py /tmp/req/` then `python /tmp/req/requirements.py ROLE`."""
     module = load_deploy_module("requirements")
     calls = [args for name in DOCKERFILES for keyword, args in dockerfile_instructions(DEPLOY / name)
              if keyword == "RUN" and "requirements.py" in args]
-    assert len(calls) == 3 and all(c.startswith("python /tmp/req/requirements.py ") for c in calls)
+    assert len(calls) == 3 and all("python /tmp/req/requirements.py " in c for c in calls)
     req = tmp_path / "req"
     req.mkdir()
     shutil.copy(PYPROJECT, req)
@@ -362,7 +374,7 @@ def test_api_image_dependencies_serve_every_endpoint(tmp_path: Path, redis_serve
                                                      sample_media: Path) -> None:
     """The API with everything the API image leaves out made unimportable: uploads, jobs, avatars, voices work."""
     module = load_deploy_module("requirements")
-    leave_out = (dependency_closure(module.requirements("worker", PYPROJECT))
+    leave_out = (dependency_closure(module.requirements("worker-neural", PYPROJECT))
                  - dependency_closure(module.requirements("api", PYPROJECT)))
     owners: dict[str, set[str]] = {}
     for dist in importlib.metadata.distributions():
@@ -446,6 +458,9 @@ def test_compose_services_networks_and_volumes() -> None:
     for name in ("bridge-worker", "bridge-worker-gpu"):
         assert seconds(interpolation_default(services[name]["stop_grace_period"])) > job_limit
         assert services[name]["depends_on"]["bridge-init"]["condition"] == "service_completed_successfully"
+    # The init job and the CPU workers share one image tag, so one build argument decides the neural extra for both.
+    assert services["bridge-init"]["build"] == services["bridge-worker"]["build"]
+    assert services["bridge-worker"]["build"]["args"] == {"NEURAL": "${TH_CPU_NEURAL:-0}"}
     (device,) = services["bridge-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and len(device["device_ids"]) == 1
     assert services["bridge-worker-gpu"]["profiles"] == ["gpu"] and services["minio"]["profiles"] == ["minio"]
