@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("video", type=Path)
     e.add_argument("--audio", type=Path, help="reference speech (default: the video's own track)")
     e.add_argument("--json", action="store_true")
+
+    hv = sub.add_parser("heygem-voice", help="register a reference voice with HeyGem's TTS and print its settings")
+    hv.add_argument("clip", help="the reference recording as HeyGem's TTS container sees it (e.g. a bare name in "
+                    "its voice data folder)")
+    hv.add_argument("--lang", default="zh", help="language of the recording (HeyGem's client sends zh)")
+    hv.add_argument("--json", action="store_true")
     return p
 
 
@@ -146,10 +152,24 @@ def _eval(args: argparse.Namespace, settings: EngineSettings) -> int:
     return 0
 
 
+def _heygem_voice(args: argparse.Namespace, settings: EngineSettings) -> int:
+    from .tts.heygem_voice import register_voice
+
+    voice = register_voice(settings, args.clip, args.lang)
+    if args.json:
+        print(json.dumps({"reference_audio": voice.reference_audio, "reference_text": voice.reference_text},
+                         ensure_ascii=False))
+    else:
+        print("# add to the workers' environment (.env):")
+        print("\n".join(voice.env_lines()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = get_settings()
-    handlers = {"render": _render, "avatars": _avatars, "voices": _voices, "eval": _eval}
+    handlers = {"render": _render, "avatars": _avatars, "voices": _voices, "eval": _eval,
+                "heygem-voice": _heygem_voice}
     try:
         return handlers[args.command](args, settings)
     except EngineError as err:

@@ -73,3 +73,9 @@ class BackendFailed(EngineError):
     """An external service accepted the work and then reported failure."""
 
     code = "backend_failed"
+
+
+class BackendStalled(BackendFailed):
+    """An external service took the work and stopped making progress; it needs a restart, not a retry."""
+
+    code = "backend_stalled"

@@ -125,7 +125,7 @@ class Engine:
                 self._renderers[name] = Wav2LipRenderer(self.settings)
             elif name == "heygem":
                 from .lipsync.heygem import HeyGemRenderer
-                self._renderers[name] = HeyGemRenderer()
+                self._renderers[name] = HeyGemRenderer(self.settings)
             else:
                 raise UnsupportedMedia(f"unknown renderer {name!r}; choose procedural, wav2lip or heygem",
                                        field="renderer")

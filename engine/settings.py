@@ -46,14 +46,31 @@ class EngineSettings(BaseSettings):
     openai_tts_voice: str = "alloy"
 
     heygem_tts_url: str | None = Field(None, description="HeyGem fish-speech service, e.g. http://host:18180")
-    heygem_tts_speaker: str | None = None
+    heygem_tts_speaker: str | None = Field(None, description="Fixed speaker id; unset sends a fresh UUID per call, "
+                                           "as HeyGem's own client does.")
     heygem_tts_reference_audio: str | None = None
     heygem_tts_reference_text: str | None = None
+    heygem_tts_timeout_per_char_s: float = Field(
+        0.25, ge=0, description="Added to ENGINE_HTTP_TIMEOUT_S per character of text: fish-speech answers "
+        "only when the whole WAV is made.")
 
-    heygem_url: str | None = Field(None, description="HeyGem video service, e.g. http://host:8383")
+    heygem_url: str | None = Field(None, description="HeyGem video service, e.g. http://host:8383 (with or without "
+                                   "the /easy suffix its client uses).")
     heygem_data_dir: Path | None = Field(None, description="Host path of HeyGem's shared face2face/temp dir.")
+    heygem_path_style: Literal["bare", "container"] = Field(
+        "bare", description="How files are named to HeyGem: bare names (its own client) or in-container paths.")
+    heygem_container_dir: str = Field("/code/data/temp", description="The data dir as the HeyGem container sees it "
+                                      "(used with ENGINE_HEYGEM_PATH_STYLE=container).")
+    heygem_audio_rate: int = Field(44100, ge=8000, le=192000, description="Speech is handed over as mono WAV at this "
+                                   "rate: what HeyGem's own fish-speech TTS returns.")
     heygem_poll_s: float = Field(2.0, gt=0)
     heygem_timeout_s: float = Field(1800.0, gt=0)
+    heygem_stall_s: float = Field(900.0, gt=0, description="A task whose progress has not moved this long is stalled.")
+    heygem_poll_retry_s: float = Field(120.0, ge=0, description="How long transient errors while polling are retried.")
+    heygem_grace_s: float = Field(3600.0, ge=0, description="After we give up on a task, its inputs stay this long "
+                                  "unless its result appears first.")
+    heygem_result_wait_s: float = Field(10.0, ge=0, description="How long a finished task's result may take to "
+                                        "become visible (network shares).")
 
     wav2lip_checkpoint: Path | None = Field(None, description="Path to wav2lip.pth or wav2lip_gan.pth.")
     wav2lip_batch_size: int = Field(32, ge=1)

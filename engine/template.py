@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from .animate import LivingPhoto
+from .audio import write_wav
 from .face.base import FaceTrack
 from .frames import Region
 from .prefetch import prefetch
 from .video import VideoWriter, read_frames
+
+SILENCE_RATE = 16000
 
 
 def pingpong_index(i: int, n: int) -> int:
@@ -95,10 +98,17 @@ class Template:
             raise RuntimeError(f"the template played {produced} of {count} frames; re-add the avatar")
 
     def materialize(self, count: int, path: Path, crf: int = 16) -> Path:
-        """Write the first ``count`` output-order frames as a silent MP4 (for external renderers)."""
-        with tempfile.TemporaryDirectory() as tmp, VideoWriter(
-                path, width=self.width, height=self.height, fps=self.fps, audio=None, crf=crf,
-                pix_fmt="yuv420p") as writer:
-            for frame, _ in self.frames(count, Path(tmp)):
-                writer.write(frame)
-            return writer.close()
+        """Write the first ``count`` output-order frames as an MP4 with a silent audio track.
+
+        External renderers (HeyGem) expect a model video with a sound track, as their own clients
+        make it. The avatar store keeps no sound (a ping-pong of it would stutter), so the track is
+        silence of the same length.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            silence = write_wav(Path(tmp) / "silence.wav", np.zeros(round(count / self.fps * SILENCE_RATE),
+                                                                     np.float32), SILENCE_RATE)
+            with VideoWriter(path, width=self.width, height=self.height, fps=self.fps, audio=silence, crf=crf,
+                             pix_fmt="yuv420p") as writer:
+                for frame, _ in self.frames(count, Path(tmp)):
+                    writer.write(frame)
+                return writer.close()

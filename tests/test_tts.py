@@ -8,6 +8,7 @@ import socket
 import time
 import wave
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,6 +328,67 @@ def test_heygem_errors(heygem_server: HeyGemTTSServer) -> None:
         HeyGemTTSBackend(heygem_settings(heygem_server.url)).synthesize(SynthesisRequest("hi"))
     with pytest.raises(BackendUnavailable, match="ENGINE_HEYGEM_TTS_URL"):
         HeyGemTTSBackend(make_settings())
+
+
+def test_heygem_speaker_is_fresh_per_call_unless_set(heygem_server: HeyGemTTSServer) -> None:
+    backend = HeyGemTTSBackend(heygem_settings(heygem_server.url))
+    backend.synthesize(SynthesisRequest("one"))
+    backend.synthesize(SynthesisRequest("two"))
+    first, second = (r.json()["speaker"] for r in heygem_server.requests[-2:])
+    assert first != second and len(first) == len(second) == 36
+    fixed = HeyGemTTSBackend(heygem_settings(heygem_server.url, heygem_tts_speaker="narrator"))
+    fixed.synthesize(SynthesisRequest("one"))
+    fixed.synthesize(SynthesisRequest("two"))
+    assert [r.json()["speaker"] for r in heygem_server.requests[-2:]] == ["narrator", "narrator"]
+
+
+def test_heygem_timeout_grows_with_the_text(heygem_server: HeyGemTTSServer) -> None:
+    heygem_server.hang(1.0)  # fish-speech answers once the whole WAV is made
+    flat = HeyGemTTSBackend(heygem_settings(heygem_server.url, http_timeout_s=0.3,
+                                            heygem_tts_timeout_per_char_s=0))
+    with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.3 s"):
+        flat.synthesize(SynthesisRequest("a" * 2000))
+    scaled = HeyGemTTSBackend(heygem_settings(heygem_server.url, http_timeout_s=0.3))
+    assert scaled.timeout_for("a" * 2000) == pytest.approx(0.3 + 0.25 * 2000)
+    assert_speech(scaled.synthesize(SynthesisRequest("a" * 2000)))
+
+
+def test_heygem_voice_command_registers_a_clip_and_prints_the_settings(
+        heygem_server: HeyGemTTSServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+    from engine.settings import get_settings
+
+    monkeypatch.setenv("ENGINE_HEYGEM_TTS_URL", heygem_server.url)
+    get_settings.cache_clear()
+    try:
+        assert main(["heygem-voice", "my_voice.wav"]) == 0
+    finally:
+        get_settings.cache_clear()
+    req = heygem_server.requests[-1]
+    assert req.path == "/v1/preprocess_and_tran" and req.json()["reference_audio"] == "my_voice.wav"
+    printed = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines() if "=" in line)
+    assert printed == {"ENGINE_TTS_BACKEND": "heygem",
+                       "ENGINE_HEYGEM_TTS_REFERENCE_AUDIO": "/code/data/asr_my_voice.wav",
+                       "ENGINE_HEYGEM_TTS_REFERENCE_TEXT": "this is the reference clip"}
+    backend = HeyGemTTSBackend(make_settings(heygem_tts_url=heygem_server.url,
+                                             heygem_tts_reference_audio=printed["ENGINE_HEYGEM_TTS_REFERENCE_AUDIO"],
+                                             heygem_tts_reference_text=printed["ENGINE_HEYGEM_TTS_REFERENCE_TEXT"]))
+    assert_speech(backend.synthesize(SynthesisRequest("hello")))
+
+
+def test_heygem_voice_command_without_the_service_says_what_to_set(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from engine.cli import main
+    from engine.settings import get_settings
+
+    monkeypatch.delenv("ENGINE_HEYGEM_TTS_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    get_settings.cache_clear()
+    try:
+        assert main(["heygem-voice", "my_voice.wav"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "ENGINE_HEYGEM_TTS_URL" in capsys.readouterr().err
 
 
 # --- registry and decoding ----------------------------------------------------------------------

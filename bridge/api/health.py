@@ -1,4 +1,9 @@
-"""Probes: /livez says the process answers; /readyz says it can do work (DB, Redis, storage, S3)."""
+"""Probes: /livez says the process answers; /readyz says it can do work (DB, Redis, storage, S3).
+
+HeyGem's state is reported too when a HeyGem service is configured, but it never makes the API unready:
+jobs for the other renderers still run while HeyGem is down or stalled, and an orchestrator that pulled
+the API out of rotation for it would stop those as well.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.api.deps import state
 from bridge.problems import NOT_READY, problem
+from engine.lipsync.heygem_health import heygem_state
 
 bp = APIBlueprint("health", __name__, tag="health")
 
@@ -37,7 +43,9 @@ def livez() -> dict[str, str]:
 @bp.get("/readyz")
 @bp.output(ReadyOut)
 @bp.doc(summary="Readiness", description="The job table answers; Redis answers PING; the storage root is writable "
-        "with enough free space; the S3 bucket answers (link backend minio).",
+        "with enough free space; the S3 bucket answers (link backend minio). With ENGINE_HEYGEM_URL set, "
+        "checks.heygem reports HeyGem's video service (ok, unreachable, stalled, or what to fix in its shared "
+        "folder); it is informational and never makes the answer 503.",
         responses={503: "Not ready: the problem's detail and checks name what failed"})
 def readyz() -> dict[str, Any] | Response:
     st = state()
@@ -45,6 +53,9 @@ def readyz() -> dict[str, Any] | Response:
     if st.object_store is not None:
         checks["object_store"] = st.object_store.ping() or "ok"
     failed = [name for name, result in checks.items() if result != "ok"]
+    heygem = heygem_state(st.engine_settings)
+    if heygem is not None:
+        checks["heygem"] = heygem
     if failed:
         detail = "not ready: " + "; ".join(f"{name}: {checks[name]}" for name in failed)
         return problem(503, None, detail, NOT_READY, headers={"Retry-After": "5"}, checks=checks)

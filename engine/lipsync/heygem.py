@@ -1,14 +1,13 @@
-"""Delegate the whole lip-sync to a running HeyGem (Duix.Heygem) video service.
+"""Delegate the whole lip-sync to a running HeyGem (Duix.Heygem / Duix-Avatar) video service.
 
 For users who already run HeyGem's ``heygem-gen-video`` container: we place the template video and
-the speech WAV in HeyGem's shared ``face2face/temp`` dir (``/code/data/temp`` in the container),
-submit a task over its ``/easy/submit`` + ``/easy/query`` API, and decode ``<code>-r.mp4``.
+the speech WAV in HeyGem's shared ``face2face/temp`` folder (``/code/data/temp`` in the container),
+submit a task, poll it, and decode ``<code>-r.mp4``. The HTTP calls live in ``heygem_client``, the
+file handover in ``heygem_files``, the clean-up in ``heygem_cleanup``; this module decides when a task
+is over and who may delete what.
 
-Path convention: ``audio_url``/``video_url`` are the **bare file names** inside that dir, exactly
-what HeyGem's own Electron client sends (it passes paths relative to ``face2face/temp`` and joins
-``data.result`` back onto it). A bare name does not depend on where the dir is mounted in the
-container. File names are generated here from uuids, never from user input, and differ from the
-task ``code`` so they cannot collide with HeyGem's own ``<code>-t.mp4`` / ``<code>-r.mp4``.
+File names are generated here from uuids, never from user input, and differ from the task ``code``
+so they cannot collide with HeyGem's own ``<code>-t.mp4`` / ``<code>-r.mp4`` / ``<code>_format.*``.
 """
 
 from __future__ import annotations
@@ -16,51 +15,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from pathlib import Path
 
 import numpy as np
-import requests
 
-from ..errors import BackendFailed, BackendUnavailable, CorruptMedia
+from ..errors import BackendFailed, BackendStalled, BackendUnavailable, CorruptMedia
 from ..frames import Region
+from ..settings import EngineSettings
 from ..video import read_frames
+from . import heygem_cleanup as cleanup
 from .base import RenderContext, Renderer
+from .heygem_client import HeyGemClient, TaskState
+from .heygem_files import SharedFolder, result_name
+from .heygem_health import RESTART_HINT, clear_stall, record_stall
 
 log = logging.getLogger(__name__)
 
-CODE_OK, CODE_BUSY, CODE_NOT_FOUND = 10000, 10001, 10004
-STATUS_RUNNING, STATUS_DONE, STATUS_FAILED = 1, 2, 3
-MAX_BUSY_BACKOFF_S = 30.0
-
-
-def result_name(code: str) -> str:
-    return f"{code}-r.mp4"
-
-
-def locate_result(data_dir: Path, code: str, result: str) -> Path:
-    """The result file inside ``data_dir``; refuses anything but ``<code>-r.mp4`` in that dir.
-
-    HeyGem reports a container path (``/code/data/temp/<code>-r.mp4``); only its base name is
-    trusted, and only when it is the name this task must produce. An empty ``result`` means the
-    documented name.
-    """
-    expected = result_name(code)
-    name = PureWindowsPath(PurePosixPath(result).name).name if result else expected
-    if name != expected:
-        raise BackendFailed(f"HeyGem reported an unexpected result {result!r}; expected {expected}")
-    root = data_dir.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or path.parent != root:
-        raise BackendFailed(f"HeyGem's result {name} resolves outside ENGINE_HEYGEM_DATA_DIR")
-    if not path.is_file():
-        raise BackendFailed(f"HeyGem reported success but {name} is not in {data_dir}")
-    return path
+__all__ = ["HeyGemRenderer", "result_name"]
 
 
 class HeyGemRenderer(Renderer):
@@ -68,39 +42,51 @@ class HeyGemRenderer(Renderer):
 
     name = "heygem"
 
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        """At worker start-up, say what to fix in the shared folder before the first job trips on it."""
+        if settings is not None and settings.heygem_data_dir is not None:
+            problem = SharedFolder.from_settings(settings).problem()
+            if problem is not None:
+                log.error("HeyGem renderer: %s", problem)
+
     def frames(self, ctx: RenderContext, region: Region | None = None) -> Iterator[np.ndarray]:
         settings = ctx.settings
         if not settings.heygem_url:
             raise BackendUnavailable("the heygem renderer needs ENGINE_HEYGEM_URL (e.g. http://host:8383)")
-        if settings.heygem_data_dir is None:
-            raise BackendUnavailable(
-                "the heygem renderer needs ENGINE_HEYGEM_DATA_DIR (the host path of HeyGem's face2face/temp)")
-        data_dir = Path(settings.heygem_data_dir)
-        if not data_dir.is_dir():
-            raise BackendUnavailable(f"ENGINE_HEYGEM_DATA_DIR {data_dir} is not a directory")
-        return self._run(ctx, settings.heygem_url.rstrip("/"), data_dir)
+        folder = SharedFolder.from_settings(settings)
+        folder.check()
+        cleanup.sweep(folder.path)
+        return self._run(ctx, settings.heygem_url, folder)
 
-    def _run(self, ctx: RenderContext, base_url: str, data_dir: Path) -> Iterator[np.ndarray]:
+    def _run(self, ctx: RenderContext, base_url: str, folder: SharedFolder) -> Iterator[np.ndarray]:
         settings = ctx.settings
         code = str(uuid.uuid4())
         token = uuid.uuid4().hex
         video_name, audio_name = f"engine-{token}.mp4", f"engine-{token}.wav"
-        owned = [data_dir / video_name, data_dir / audio_name,
-                 data_dir / result_name(code), data_dir / f"{code}-t.mp4"]
-        client = _Client(base_url, settings.http_timeout_s)
+        client = HeyGemClient(base_url, settings.http_timeout_s)
+        accepted = finished = False
         try:
             ctx.progress("lipsync", 0.0)
             template = ctx.template
             # HeyGem keeps the template's frame rate, so cover the speech's duration at that rate.
             count = max(1, math.ceil(ctx.n_frames * template.fps / ctx.fps - 1e-6))
-            template.materialize(count, data_dir / video_name)  # writes a temp name, then renames
-            _copy_atomic(ctx.audio_path, data_dir / audio_name)
+            template.materialize(count, folder.path / video_name)  # writes a temp name, then renames
+            folder.place_speech(ctx.audio_path, audio_name, settings.heygem_audio_rate)
             deadline = time.monotonic() + settings.heygem_timeout_s
-            payload = {"audio_url": audio_name, "video_url": video_name, "code": code,
-                       "chaofen": 0, "watermark_switch": 0, "pn": 1}
-            client.submit(payload, deadline, settings.heygem_poll_s, settings.heygem_timeout_s)
-            result = client.wait(code, deadline, settings.heygem_poll_s, settings.heygem_timeout_s, ctx)
-            path = locate_result(data_dir, code, result)
+            payload = {"audio_url": folder.reference(audio_name), "video_url": folder.reference(video_name),
+                       "code": code, "chaofen": 0, "watermark_switch": 0, "pn": 1}
+            try:
+                client.submit(payload, deadline, settings.heygem_poll_s, settings.heygem_timeout_s)
+            except BackendUnavailable:
+                accepted = True  # the submit may have arrived; its inputs may be read
+                raise
+            accepted = True
+            state = _wait(client, code, deadline, settings, ctx, folder.path)
+            finished = True
+            clear_stall(folder.path)
+            if state.failed:
+                raise BackendFailed(f"HeyGem failed: {state.msg}")
+            path = folder.locate_result(code, state.result, settings.heygem_result_wait_s)
             try:
                 decoded = read_frames(path, template.width, template.height, fps=ctx.fps, pix_fmt="yuv420p")
                 with contextlib.closing(decoded):
@@ -110,93 +96,41 @@ class HeyGemRenderer(Renderer):
             ctx.progress("lipsync", 1.0)
         finally:
             client.close()
-            for leftover in owned:
-                try:
-                    leftover.unlink(missing_ok=True)
-                except OSError as exc:
-                    log.warning("could not remove %s from the HeyGem data dir: %s", leftover.name, exc)
+            inputs = [video_name, audio_name]
+            if accepted and not finished:
+                log.warning("HeyGem task %s may still read its inputs; they stay until its result appears or "
+                            "%g s pass", code, settings.heygem_grace_s)
+                cleanup.defer(folder.path, code, inputs, settings.heygem_grace_s)
+            else:
+                cleanup.remove([folder.path / name for name in inputs] + cleanup.leftovers(folder.path, code))
 
 
-class _Client:
-    """The two HTTP calls, with HeyGem's reply codes mapped onto engine errors."""
-
-    def __init__(self, base_url: str, timeout_s: float) -> None:
-        self.base_url = base_url
-        self.timeout_s = timeout_s
-        self.session = requests.Session()
-
-    def close(self) -> None:
-        self.session.close()
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        url, where = f"{self.base_url}{path}", f"HeyGem at {self.base_url}"
-        try:
-            reply = self.session.request(method, url, timeout=self.timeout_s, **kwargs)
-        except requests.ConnectionError as exc:
-            raise BackendUnavailable(f"{where} cannot be reached ({type(exc).__name__})") from exc
-        except requests.Timeout as exc:
-            raise BackendUnavailable(f"{where} did not answer within {self.timeout_s:g} s") from exc
-        if reply.status_code != 200:
-            raise BackendFailed(f"HeyGem {path} answered HTTP {reply.status_code}: {reply.text[:200]}")
-        try:
-            body = reply.json()
-        except ValueError as exc:
-            raise BackendFailed(f"HeyGem {path} did not answer JSON: {reply.text[:200]}") from exc
-        if not isinstance(body, dict):
-            raise BackendFailed(f"HeyGem {path} answered {body!r}")
-        return body
-
-    def submit(self, payload: dict[str, Any], deadline: float, poll_s: float, timeout_s: float) -> None:
-        """Submit, retrying with backoff while HeyGem is busy (it runs one task at a time)."""
-        backoff = poll_s
-        while True:
-            body = self._call("POST", "/easy/submit", json=payload)
-            code = body.get("code")
-            if code == CODE_OK:
-                return
-            if code != CODE_BUSY:
-                raise BackendFailed(f"HeyGem refused the task ({code}): {body.get('msg') or 'no message'}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BackendFailed(f"HeyGem did not finish within {timeout_s:g} s (it stayed busy)")
-            log.info("HeyGem is busy; retrying in %.1f s", backoff)
-            time.sleep(min(backoff, remaining))
-            backoff = min(backoff * 2, max(poll_s, MAX_BUSY_BACKOFF_S))
-
-    def wait(self, code: str, deadline: float, poll_s: float, timeout_s: float, ctx: RenderContext) -> str:
-        """Poll until a terminal status; HeyGem forgets the task once that is read, so read it once."""
-        while True:
-            body = self._call("GET", "/easy/query", params={"code": code})
-            reply_code, msg = body.get("code"), body.get("msg") or "no message"
-            if reply_code == CODE_NOT_FOUND:
-                raise BackendFailed(f"HeyGem no longer knows task {code}: {msg}")
-            if reply_code != CODE_OK:
-                raise BackendFailed(f"HeyGem query failed ({reply_code}): {msg}")
-            data = body.get("data") or {}
-            status = data.get("status")
-            if status == STATUS_DONE:
-                return str(data.get("result") or "")
-            if status == STATUS_FAILED:
-                raise BackendFailed(f"HeyGem failed: {data.get('msg') or msg}")
-            with contextlib.suppress(TypeError, ValueError):
-                ctx.progress("lipsync", min(max(float(data.get("progress") or 0) / 100.0, 0.0), 1.0))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BackendFailed(f"HeyGem did not finish within {timeout_s:g} s")
-            time.sleep(min(poll_s, remaining))
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _wait(client: HeyGemClient, code: str, deadline: float, settings: EngineSettings, ctx: RenderContext,
+          folder: Path) -> TaskState:
+    """Poll until a terminal status (read once: HeyGem forgets the task after answering it)."""
+    last_progress, moved_at = -1.0, time.monotonic()
+    while True:
+        state = client.query_retrying(code, settings.heygem_poll_retry_s, settings.heygem_poll_s)
+        if state.done or state.failed:
+            return state
+        now = time.monotonic()
+        if state.progress != last_progress:
+            last_progress, moved_at = state.progress, now
+            ctx.progress("lipsync", state.progress / 100.0)
+        elif now - moved_at >= settings.heygem_stall_s:
+            record_stall(folder, code, state.progress)
+            raise BackendStalled(f"HeyGem's task {code} has been stuck at {state.progress:g}% for "
+                                 f"{settings.heygem_stall_s:g} s (ENGINE_HEYGEM_STALL_S), and HeyGem answers "
+                                 f"every new task with 'busy' until it ends: {RESTART_HINT}")
+        remaining = deadline - now
+        if remaining <= 0:
+            raise BackendFailed(f"HeyGem did not finish within {settings.heygem_timeout_s:g} s "
+                                f"(ENGINE_HEYGEM_TIMEOUT_S); its task {code} may still be running")
+        client.sleep(min(settings.heygem_poll_s, remaining))
 
 
 def _exactly(frames: Iterator[np.ndarray], n_frames: int, fps: float) -> Iterator[np.ndarray]:
-    """Cut or pad (repeating the last frame) to ``n_frames``; a big shortfall means a broken result."""
+    """Cut or pad (repeating the last frame) to ``n_frames``: HeyGem's output is a frame or two short."""
     last: np.ndarray | None = None
     produced = 0
     for frame in frames:

@@ -34,13 +34,23 @@ class HeyGemTTSBackend(TTSBackend):
         self._reference_audio = settings.heygem_tts_reference_audio
         self._reference_text = settings.heygem_tts_reference_text
         self._timeout = settings.http_timeout_s
+        self._timeout_per_char = settings.heygem_tts_timeout_per_char_s
 
     @property
     def voice_id(self) -> str:
         return self._speaker or DEFAULT_VOICE_ID
 
+    def timeout_for(self, text: str) -> float:
+        """fish-speech answers only once the whole WAV is made, which grows with the text."""
+        return self._timeout + self._timeout_per_char * len(text)
+
     def payload(self, text: str) -> dict[str, Any]:
-        """The exact JSON HeyGem's client sends; ``speaker`` is a fresh UUID per call there too."""
+        """The exact JSON HeyGem's client sends (``voice.js:50-65``).
+
+        ``speaker`` is a fresh UUID per call there too (``voice.js:47,51``) unless the admin fixes one.
+        ``is_norm`` is 1, as the client sends it since its commit cb5ff42 ("to fix a Korean error");
+        the 0 in HeyGem's README is outdated.
+        """
         if not self._reference_audio or not self._reference_text:
             raise BackendUnavailable(
                 "HeyGem TTS clones a reference voice: set ENGINE_HEYGEM_TTS_REFERENCE_AUDIO (the "
@@ -71,7 +81,7 @@ class HeyGemTTSBackend(TTSBackend):
                 f"HeyGem TTS has one voice, {self.voice_id!r} (its reference clip); got {request.voice!r}"
             )
         return post_for_audio(f"{self.base_url}/v1/invoke", self.payload(request.text), headers={},
-                              timeout_s=self._timeout, service="HeyGem TTS")
+                              timeout_s=self.timeout_for(request.text), service="HeyGem TTS")
 
     def voices(self) -> list[Voice]:
         name = "HeyGem cloned voice"
