@@ -150,11 +150,11 @@ def test_corners_follow_the_vowels_and_a_smile_relaxes(face: tuple[np.ndarray, n
 
     spread = detect(detector, render_mouth(image, lm, 0.3, 1.0))
     rounded = detect(detector, render_mouth(image, lm, 0.3, -1.0))
-    assert width(spread) > 1.12 * width(rounded)
+    assert width(spread) > 1.1 * width(rounded)
     smiling = detect(detector, render_mouth(image, lm, 0.3, 0.0, relax=0.0))
     relaxed = detect(detector, render_mouth(image, lm, 0.3, 0.0, relax=1.0))
     assert lift(smiling) > 0.05
-    assert lift(relaxed) < 0.7 * lift(smiling)
+    assert lift(relaxed) < 0.8 * lift(smiling)
 
 
 def test_the_smile_lets_go_while_speaking_and_returns_in_pauses() -> None:
@@ -176,7 +176,7 @@ def test_a_small_face_looks_like_a_large_one_made_small(face: tuple[np.ndarray, 
         made_small = cv2.resize(render_mouth(image, lm, openness, 0.0), small.shape[1::-1],
                                 interpolation=cv2.INTER_AREA).astype(np.float32)
         box = mouth_box(lm * factor, np.abs(drawn_small - made_small))
-        assert box.mean() < 6, openness
+        assert box.mean() < 8, openness  # the renderer before the working canvas: 7, 10, 16
 
 
 def test_a_tilted_face_opens_along_its_own_axis(face: tuple[np.ndarray, np.ndarray], detector: DlibBackend) -> None:

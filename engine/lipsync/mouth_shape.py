@@ -16,7 +16,7 @@ from scipy.ndimage import gaussian_filter1d
 MAX_GAP = 0.42  # inner-lip gap at full opening, as a fraction of the rest mouth width
 UPPER_SHARE = 0.22  # of an opening, how much the upper lip rises (the jaw does the rest)
 TEETH_SHARE = 0.6  # of the template's own opening, the part that moves with the upper lip
-SPREAD_W, ROUND_W = 0.08, 0.14  # corner travel (fraction of width) at full spread / full rounding
+SPREAD_W, ROUND_W = 0.08, 0.16  # corner travel (fraction of width) at full spread / full rounding
 SMILE_W = 0.8  # a smile's width loss per unit of corner lift it relaxes
 CORNER_FADE = 0.45  # beyond the corners, moves fade out over this fraction of the mouth width
 

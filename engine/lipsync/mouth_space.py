@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 WORK_MOUTH_W = 112.0  # mouth width on the canvas; below this the face is upsampled
+CHANGED = 2  # canvas pixels that moved by less than this (resampling noise) keep the image's own
 
 
 @dataclass(frozen=True)
@@ -39,36 +40,51 @@ class MouthSpace:
         return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
     def lift(self, image: np.ndarray) -> np.ndarray:
-        """The canvas: the image resampled (bicubic) onto the mouth-aligned, upsampled grid."""
-        return cv2.warpAffine(image, self.matrix(self.scale), self.size, flags=cv2.INTER_CUBIC,
-                              borderMode=cv2.BORDER_REPLICATE)
+        """The canvas: the image resampled onto the mouth-aligned grid (bicubic when upsampling a lot)."""
+        flags = cv2.INTER_CUBIC if self.scale > 1.5 else cv2.INTER_LINEAR
+        return cv2.warpAffine(image, self.matrix(self.scale), self.size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
 
     def paste(self, image: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """A copy of ``image`` with the canvas ``after`` averaged down and laid back where it differs
         from ``before``; elsewhere the image keeps its own pixels (and its own fine detail)."""
-        changed = (np.abs(after.astype(np.int16) - before.astype(np.int16)).max(-1) > 0).astype(np.uint8)
-        changed = cv2.dilate(changed, np.ones((3, 3), np.uint8), iterations=max(1, round(self.scale)))
-        weight = cv2.GaussianBlur(changed.astype(np.float32), (0, 0), max(0.7, 0.5 * self.scale))
-        layers = np.dstack([after.astype(np.float32), weight])
-        w, h = self.size
-        small_size = (max(1, round(w / self.scale)), max(1, round(h / self.scale)))
-        if self.scale > 1.0:
-            layers = cv2.resize(layers, small_size, interpolation=cv2.INTER_AREA)
-        m = cv2.invertAffineTransform(self.matrix(small_size[0] / w * self.scale))
-        corners = np.array([[0, 0], [small_size[0], 0], [0, small_size[1]], [small_size[0], small_size[1]]], float)
-        img_pts = corners @ m[:, :2].T + m[:, 2]
-        ih, iw = image.shape[:2]
-        x0, y0 = np.clip(np.floor(img_pts.min(0)).astype(int), 0, [iw, ih])
-        x1, y1 = np.clip(np.ceil(img_pts.max(0)).astype(int) + 1, 0, [iw, ih])
+        diff = cv2.absdiff(after, before)
+        changed = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2]) > CHANGED
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
         out = image.copy()
-        if x1 - x0 < 2 or y1 - y0 < 2:
+        if len(rows) == 0:
             return out
-        m[:, 2] -= [x0, y0]
-        back = cv2.warpAffine(layers, cv2.invertAffineTransform(m), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR
-                              | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        alpha = np.clip(back[..., 3:], 0.0, 1.0)
-        region = out[y0:y1, x0:x1].astype(np.float32)
-        out[y0:y1, x0:x1] = np.clip(region * (1 - alpha) + back[..., :3] * alpha + 0.5, 0, 255).astype(np.uint8)
+        pad = int(np.ceil(3 * self.scale)) + 2
+        ch, cw = changed.shape
+        y0, y1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, ch)
+        x0, x1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, cw)
+        grow = max(1, round(self.scale))
+        weight = cv2.dilate(changed[y0:y1, x0:x1].astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+        weight = cv2.GaussianBlur(weight.astype(np.float32), (0, 0), max(0.7, 0.5 * self.scale))
+        colour = np.ascontiguousarray(after[y0:y1, x0:x1])
+        small = (max(1, round((x1 - x0) / self.scale)), max(1, round((y1 - y0) / self.scale)))
+        if self.scale > 1.0:
+            colour = cv2.resize(colour, small, interpolation=cv2.INTER_AREA)
+            weight = cv2.resize(weight, small, interpolation=cv2.INTER_AREA)
+        fx, fy = small[0] / (x1 - x0), small[1] / (y1 - y0)
+        # image -> canvas crop -> averaged-down crop (cv2.resize maps pixel centres onto pixel centres)
+        m = self.matrix(self.scale)
+        to_small = np.vstack([fx * m[0], fy * m[1]])
+        to_small[:, 2] += [fx * (0.5 - x0) - 0.5, fy * (0.5 - y0) - 0.5]
+        back_m = cv2.invertAffineTransform(to_small)
+        corners = np.array([[0, 0], [small[0], 0], [0, small[1]], [small[0], small[1]]], float)
+        img_pts = corners @ back_m[:, :2].T + back_m[:, 2]
+        ih, iw = image.shape[:2]
+        ix0, iy0 = np.clip(np.floor(img_pts.min(0)).astype(int), 0, [iw, ih])
+        ix1, iy1 = np.clip(np.ceil(img_pts.max(0)).astype(int) + 1, 0, [iw, ih])
+        if ix1 - ix0 < 1 or iy1 - iy0 < 1:
+            return out
+        to_small[:, 2] += to_small[:, :2] @ [ix0, iy0]
+        size, flags = (ix1 - ix0, iy1 - iy0), cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        colour = cv2.warpAffine(colour, to_small, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        alpha = cv2.warpAffine(weight, to_small, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        alpha = np.clip(alpha, 0.0, 1.0)
+        region = np.ascontiguousarray(out[iy0:iy1, ix0:ix1])
+        out[iy0:iy1, ix0:ix1] = cv2.blendLinear(colour, region, alpha, 1.0 - alpha)
         return out
 
 
