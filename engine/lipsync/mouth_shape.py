@@ -18,6 +18,7 @@ UPPER_SHARE = 0.22  # of an opening, how much the upper lip rises (the jaw does 
 TEETH_SHARE = 0.6  # of the template's own opening, the part that moves with the upper lip
 SPREAD_W, ROUND_W = 0.08, 0.16  # corner travel (fraction of width) at full spread / full rounding
 SMILE_W = 0.8  # a smile's width loss per unit of corner lift it relaxes
+BOTTOM_ANCHOR = 0.3  # below the chin, of the face height: where the jaw's move has faded out
 CORNER_FADE = 0.45  # beyond the corners, moves fade out over this fraction of the mouth width
 
 _OUTER_TOP = [48, 49, 50, 51, 52, 53, 54]
@@ -76,7 +77,7 @@ def template_geometry(lm: np.ndarray, width: int) -> MouthGeometry:
     face_h = float(np.hypot(*(lm[8] - lm[27])))
     chin = np.maximum(_curve(lm, _JAW, xs, smooth), ob + 0.05 * face_h)
     top = np.minimum(np.full_like(xs, lm[33, 1] + 0.25 * (lm[51, 1] - lm[33, 1])), ot - 2.0)
-    bottom = chin + 0.3 * face_h
+    bottom = chin + BOTTOM_ANCHOR * face_h
     curves = LipCurves(top, ot, it, ib, ob, chin, bottom)
     seam = it + UPPER_SHARE * (ib - it)
     return MouthGeometry(xs, float((lm[48, 0] + lm[54, 0]) / 2), mouth_w / 2, curves, seam, face_h)

@@ -20,7 +20,7 @@ from .base import RenderContext, Renderer
 from .expression import rest_width_ratio, speaking_level
 from .mouth_cavity import paint_cavity
 from .mouth_colours import MouthPalette, mouth_palette
-from .mouth_shape import MouthGeometry, MouthTarget, target_shape, template_geometry
+from .mouth_shape import BOTTOM_ANCHOR, CORNER_FADE, MouthGeometry, MouthTarget, target_shape, template_geometry
 from .mouth_space import mouth_space
 from .visemes import trajectory
 
@@ -74,7 +74,8 @@ def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: flo
     lm = np.asarray(lm, np.float32)
     h, w = frame.shape[:2]
     bx0, by0, bx1, by1 = mouth_bounds(lm)
-    box = (max(bx0, 0.0), max(by0, 0.0), min(bx1, float(w)), min(by1, float(h)))
+    wx0, wy0, wx1, wy1 = _work_box(lm)
+    box = (max(bx0, wx0, 0.0), max(by0, wy0, 0.0), min(bx1, wx1, float(w)), min(by1, wy1, float(h)))
     if box[2] - box[0] < 8 or box[3] - box[1] < 8:
         return frame.copy()
     space = mouth_space(lm, box)
@@ -89,6 +90,22 @@ def render_mouth(frame: np.ndarray, lm: np.ndarray, openness: float, spread: flo
     _shade_seam(out, target, mouth_w)
     paint_cavity(out, target, geo.cx, mouth_w, palette)
     return space.paste(frame, canvas, out)
+
+
+def _work_box(lm: np.ndarray) -> tuple[float, float, float, float]:
+    """The part of the face a mouth edit can reach: corner to corner plus the fade beyond them,
+    from under the nose to the anchor below the chin (as ``mouth_shape`` places them)."""
+    u = lm[54] - lm[48]
+    mouth_w = float(np.hypot(*u)) or 1.0
+    u = u / mouth_w
+    v = np.array([-u[1], u[0]])
+    centre = (lm[48] + lm[54]) / 2
+    face_h = float(np.hypot(*(lm[8] - lm[27])))
+    up = max(float((centre - lm[33]) @ v), 0.0) + 2.0
+    down = max(float((lm[8] - centre) @ v), 0.0) + (BOTTOM_ANCHOR + 0.04) * face_h
+    side = (0.5 + CORNER_FADE + 0.1) * mouth_w
+    corners = np.array([centre + a * side * u + b * v for a in (-1, 1) for b in (-up, down)])
+    return (*corners.min(0), *corners.max(0))
 
 
 def _warp(canvas: np.ndarray, geo: MouthGeometry, target: MouthTarget) -> np.ndarray:
