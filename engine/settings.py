@@ -29,6 +29,10 @@ class EngineSettings(BaseSettings):
                              "template smaller than this on either side cannot hold one and is refused. The mouth is "
                              "drawn at a fixed working size, so small faces are upscaled, not drawn coarsely.")
 
+    mouth_smile_relax: float = Field(0.6, ge=0, le=1, description="How much of a smiling template's smile "
+                                     "the procedural renderer lets go of while the avatar speaks (0 keeps it, 1 "
+                                     "relaxes to neutral); it returns in pauses.")
+
     lead_in_s: float = Field(0.2, ge=0, le=2)
     lead_out_s: float = Field(0.3, ge=0, le=2)
     default_fps: float = Field(25.0, gt=0, le=60)
