@@ -22,15 +22,15 @@ setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 # radosgw (the S3 server the object-store tests start on loopback), and the checkers the deployment
 # tests use: promtool (prometheus) and systemd-analyze (systemd). The cluster test adds PostgreSQL (the job table
 # of a multi-host install) and iproute2 (its hosts are network namespaces). The bridge README's curl walk-through
-# runs as a test, with curl and jq.
+# runs as a test, with curl and jq. The ComfyUI test loads the UI examples in headless Chromium.
 SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server radosgw ceph-mon ceph-osd prometheus systemd postgresql \
-	iproute2 curl jq
+	iproute2 curl jq chromium
 system-deps:
 	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1 || \
 	    ! command -v radosgw >/dev/null 2>&1 || ! command -v ceph-osd >/dev/null 2>&1 || \
 	    ! command -v promtool >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 || \
 	    ! command -v ip >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
-	    ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 || \
+	    ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || \
 	    [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
 	  echo "installing $(SYSTEM_PACKAGES) (Debian packages)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)' and retry" >&2; exit 1; fi; \

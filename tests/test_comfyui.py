@@ -27,6 +27,9 @@ pytestmark = [
 ]
 
 
+SCREENSHOTS = REPO / "out" / "comfyui"
+
+
 def example(name: str) -> dict:
     return json.loads((EXAMPLES / f"{name}.api.json").read_text())
 
@@ -128,3 +131,15 @@ def test_batch_skips_the_image_without_a_face(comfy: ComfyUI, tmp_path: Path) ->
     skipped = [text for text in verdicts.values() if "skipped" in text]
     assert len(skipped) == 1 and skipped[0].startswith("no-face.png: skipped") and "face" in skipped[0], verdicts
     assert sorted(loads.values()) == ["lecturer-a.png", "lecturer-c.png", "no-face.png"]
+
+
+def test_ui_example_loads_in_the_browser(comfy: ComfyUI) -> None:
+    """Each UI-format example loads on ComfyUI's canvas in headless Chromium (Debian's); the PNGs land in
+    out/comfyui/ to look at (the README shows the text example's)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for name in ("text_to_video", "batch_face_check"):
+        out = SCREENSHOTS / f"{name}.png"
+        out.unlink(missing_ok=True)
+        subprocess.run([str(VENV_PYTHON), str(REPO / "tests" / "comfyui_screenshot.py"), comfy.url,
+                        str(EXAMPLES / f"{name}.json"), str(out)], check=True, timeout=240)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
