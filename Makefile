@@ -1,6 +1,6 @@
 # Talking Head for Dify: one entry point for setting up, demoing, testing and benchmarking.
 # Two environments, as in production: .venv (server: bridge + engine, Python 3.11) and
-# .venv-plugin (the Dify plugin, Python 3.12).
+# .venv-plugin (the Dify plugin, Python 3.12); a third, .venv-comfyui, runs ComfyUI with the node pack (comfyui/).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -13,7 +13,7 @@ export ENGINE_STORAGE_ROOT ?= $(CURDIR)/var
 DEMO_TEXT ?= Hello! I am a talking head, made from one line of text on a plain CPU. Nice to meet you.
 DEMO_OUT ?= out/demo.mp4
 
-.PHONY: setup system-deps samples demo test bench quality lint package clean
+.PHONY: setup system-deps samples demo test bench quality lint package clean comfyui comfyui-setup
 
 setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 
@@ -22,15 +22,15 @@ setup: system-deps $(VENV)/.installed $(PLUGIN_VENV)/.installed samples
 # radosgw (the S3 server the object-store tests start on loopback), and the checkers the deployment
 # tests use: promtool (prometheus) and systemd-analyze (systemd). The cluster test adds PostgreSQL (the job table
 # of a multi-host install) and iproute2 (its hosts are network namespaces). The bridge README's curl walk-through
-# runs as a test, with curl and jq.
+# runs as a test, with curl and jq. The ComfyUI test loads the UI examples in headless Chromium.
 SYSTEM_PACKAGES := ffmpeg fonts-wqy-microhei redis-server radosgw ceph-mon ceph-osd prometheus systemd postgresql \
-	iproute2 curl jq
+	iproute2 curl jq chromium
 system-deps:
 	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1 || \
 	    ! command -v radosgw >/dev/null 2>&1 || ! command -v ceph-osd >/dev/null 2>&1 || \
 	    ! command -v promtool >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 || \
 	    ! command -v ip >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
-	    ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 || \
+	    ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || \
 	    [ ! -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then \
 	  echo "installing $(SYSTEM_PACKAGES) (Debian packages)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)' and retry" >&2; exit 1; fi; \
@@ -60,7 +60,7 @@ samples: $(VENV)/.installed
 demo: setup
 	@$(PY) scripts/demo.py --text "$(DEMO_TEXT)" --out $(DEMO_OUT)
 
-test: setup
+test: setup comfyui-setup
 	$(PY) -m pytest -q
 
 bench: setup
@@ -84,5 +84,37 @@ package: $(VENV)/.installed
 	@$(PY) scripts/package_plugin.py
 	@$(PY) scripts/pin_dsl.py dist/$$(sed -n 's/^name: *//p' manifest.yaml)-$$(sed -n 's/^version: *//p' manifest.yaml).difypkg --out-dir dist/examples
 
+# ComfyUI with the node pack (comfyui/), CPU only, on 127.0.0.1:8188. ComfyUI is $(COMFYUI_DIR) when set, else
+# the unmodified 0.3.64 source snapshot unpacked into .comfyui/ (ignored). It runs in .venv-comfyui: torch 2.14.1
+# and torchvision 0.29.1 (a pair this machine's pip has on disk; PyPI's torchvision does not load beside the
+# cached CPU torch 2.13), ComfyUI's requirements.txt plus requests (which it omits), and this repo without extras.
+COMFY_VENV := .venv-comfyui
+COMFYUI_SNAPSHOT ?= ../shared/vendor/comfyui-0.3.64-src.tar.gz
+COMFYUI_HOME := $(if $(COMFYUI_DIR),$(COMFYUI_DIR),.comfyui/ComfyUI)
+COMFYUI_PORT ?= 8188
+
+.comfyui/ComfyUI/main.py:
+	@test -f $(COMFYUI_SNAPSHOT) || { echo "no ComfyUI: set COMFYUI_DIR or put the snapshot at $(COMFYUI_SNAPSHOT)" >&2; exit 1; }
+	@mkdir -p .comfyui && tar xzf $(COMFYUI_SNAPSHOT) -C .comfyui && touch $@
+
+$(COMFY_VENV)/.installed: pyproject.toml $(COMFYUI_HOME)/main.py
+	@test -x $(COMFY_VENV)/bin/python || { py=$$(scripts/find-python.sh 3.11) && $$py -m venv $(COMFY_VENV); }
+	@echo "installing the ComfyUI environment ($(COMFY_VENV), Python 3.11; torch is several GB)"
+	@$(COMFY_VENV)/bin/python -m pip install -q --upgrade pip $(QUIET_PIP)
+	@$(COMFY_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 $(QUIET_PIP)
+	@$(COMFY_VENV)/bin/python -m pip install -q -r $(COMFYUI_HOME)/requirements.txt requests $(QUIET_PIP)
+	@$(COMFY_VENV)/bin/python -m pip install -q -e . $(QUIET_PIP)
+	@touch $@
+
+# Skipped, with a note, when there is no ComfyUI to install against (the tests then skip too).
+comfyui-setup:
+	@if [ -n "$(COMFYUI_DIR)" ] || [ -f $(COMFYUI_SNAPSHOT) ]; then $(MAKE) --no-print-directory $(COMFY_VENV)/.installed; \
+	else echo "no ComfyUI (COMFYUI_DIR unset, no $(COMFYUI_SNAPSHOT)): skipping .venv-comfyui"; fi
+
+comfyui: system-deps $(COMFY_VENV)/.installed
+	@mkdir -p $(COMFYUI_HOME)/custom_nodes && ln -sfn $(CURDIR)/comfyui $(COMFYUI_HOME)/custom_nodes/talking_head
+	@$(COMFY_VENV)/bin/python -m engine avatars samples >/dev/null
+	cd $(COMFYUI_HOME) && $(CURDIR)/$(COMFY_VENV)/bin/python main.py --cpu --listen 127.0.0.1 --port $(COMFYUI_PORT)
+
 clean:
-	rm -rf $(VENV) $(PLUGIN_VENV) var out dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PLUGIN_VENV) $(COMFY_VENV) .comfyui var out dist .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""One module per node; ``comfyui/__init__.py`` registers them."""
