@@ -20,6 +20,7 @@ SPREAD_W, ROUND_W = 0.08, 0.16  # corner travel (fraction of width) at full spre
 SMILE_W = 0.8  # a smile's width loss per unit of corner lift it relaxes
 BOTTOM_ANCHOR = 0.3  # below the chin, of the face height: where the jaw's move has faded out
 CORNER_FADE = 0.45  # beyond the corners, moves fade out over this fraction of the mouth width
+OPENING_W = 0.9  # of the half-width between the corners, how far the opening reaches
 
 _OUTER_TOP = [48, 49, 50, 51, 52, 53, 54]
 _INNER_TOP = [48, 61, 62, 63, 54]
@@ -127,11 +128,13 @@ def target_shape(geo: MouthGeometry, rest_w: float, openness: float, spread: flo
     seam = at(geo.seam)
     shift = -at(relaxed) * corner_fade
     seam = seam + shift
-    t = np.clip(1.0 - (d / half_w) ** 2, 0.0, 1.0)
+    # The opening ends a little inside the corners and tapers to nothing there: the lips still
+    # meet at the corners, so no dark wedge pokes out sideways.
+    t = np.clip(1.0 - (d / (OPENING_W * half_w)) ** 2, 0.0, 1.0)
     size = openness * MAX_GAP * rest_w
     # The upper lip's edge is flatter than the lower one's, which rounds with the jaw.
-    new_it = seam - UPPER_SHARE * size * t ** 0.3
-    new_ib = seam + (1 - UPPER_SHARE) * size * t ** 0.6
+    new_it = seam - UPPER_SHARE * size * t ** 0.45
+    new_ib = seam + (1 - UPPER_SHARE) * size * t ** 0.8
     gap = new_ib - new_it
     # What the template showed between its lips (its teeth, say) stays, unstretched, attached to
     # the lips: the upper teeth with the upper lip, the bottom of the opening with the jaw.
