@@ -45,15 +45,16 @@ def paint_cavity(img: np.ndarray, target: MouthTarget, cx: float, mouth_w: float
         return
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
     xs = np.arange(x0, x1, dtype=np.float32)[None, :]
-    it, ib, g = top_edge[None, x0:x1], bottom_edge[None, x0:x1], gap[None, x0:x1]
-    lip_it = lip_top[None, x0:x1]
+    # float32 throughout: the curves come as float64, which would double the per-pixel work.
+    it, ib, g, lip_it, kept = (np.asarray(a[None, x0:x1], np.float32)
+                               for a in (top_edge, bottom_edge, gap, lip_top, target.kept_top))
     # Coverage is whole inside the opening; once the cavity reaches the lower lip it ramps off
     # across the lip's rim, so the lip fades into the cavity instead of being outlined.
-    top_soft = 0.5 + target.kept_top[None, x0:x1] / 3
+    top_soft = 0.5 + kept / 3
     alpha = np.clip((ys - it) / top_soft + 0.5, 0, 1) * np.clip((ib - ys) / soft + 0.5 + 0.5 * cover, 0, 1)
-    u = (xs - cx) / max(target.half_w, 1.0)
+    u = (xs - np.float32(cx)) / np.float32(max(target.half_w, 1.0))
     max_gap = float(gap.max())
-    opened = _smoothstep(max_gap / (0.18 * mouth_w))
+    opened = float(_smoothstep(max_gap / (0.18 * mouth_w)))
 
     # Depth: dark at the back and towards the corners, lighter and warmer near the lips and, in
     # an open mouth, in the middle where the light gets in.
