@@ -31,17 +31,42 @@ def frames_to_video(frames_bgr: list[np.ndarray], fps: float, out: Path) -> Path
     return out
 
 
-def overlay_logo(video: Path, logo_png: Path, corner: str, scale: float, out: Path) -> Path:
-    """The logo, scaled to ``scale`` of the video's width, in ``corner``; audio copied untouched."""
+def logo_size(logo_hw: tuple[int, int], frame_width: int, scale: float) -> tuple[int, int]:
+    """The logo's on-screen width and height: ``scale`` of the frame's width, its own aspect ratio kept.
+
+    Computed here rather than in ffmpeg's scale2ref, whose variable names changed meaning between releases.
+    """
+    height, width = logo_hw
+    out_w = max(2, round(frame_width * scale))
+    return out_w, max(2, round(out_w * height / width))
+
+
+def _logo_graph(corner: str, size: tuple[int, int]) -> str:
+    """One filter graph for the video and its poster, so the two outputs show the same logo in the same place."""
     position = _POSITION[corner].format(m="20")
-    graph = (f"[1:v]format=rgba[logo];[logo][0:v]scale2ref=w=main_w*{scale:.4f}:h=ow/mdar[logo][base];"
-             f"[base][logo]overlay={position}:format=auto,format=yuv420p[v]")
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(video), "-i", str(logo_png),
-           "-filter_complex", graph, "-map", "[v]", "-map", "0:a?", "-c:v", "libx264", "-preset", "veryfast",
-           "-crf", "20", "-c:a", "copy", "-movflags", "+faststart", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return f"[1:v]format=rgba,scale={size[0]}:{size[1]}[logo];[0:v][logo]overlay={position}:format=auto[v]"
+
+
+def _ffmpeg(args: list[str]) -> None:
+    done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *args],
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"ffmpeg could not overlay the logo: {done.stderr.strip()[-400:]}")
+
+
+def overlay_logo(video: Path, logo_png: Path, corner: str, size: tuple[int, int], out: Path) -> Path:
+    """The logo at ``size`` (see ``logo_size``) in ``corner``; audio copied untouched."""
+    graph = _logo_graph(corner, size) + ";[v]format=yuv420p[o]"
+    _ffmpeg(["-i", str(video), "-i", str(logo_png), "-filter_complex", graph, "-map", "[o]", "-map", "0:a?",
+             "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-c:a", "copy", "-movflags", "+faststart",
+             str(out)])
+    return out
+
+
+def overlay_logo_image(picture: Path, logo_png: Path, corner: str, size: tuple[int, int], out: Path) -> Path:
+    """The same logo on a still (the poster), as a PNG."""
+    _ffmpeg(["-i", str(picture), "-i", str(logo_png), "-filter_complex", _logo_graph(corner, size),
+             "-map", "[v]", "-frames:v", "1", str(out)])
     return out
 
 

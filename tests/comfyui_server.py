@@ -62,8 +62,19 @@ class ComfyUI:
         except urllib.error.HTTPError as err:
             raise AssertionError(f"POST {path}: {err.code} {err.read().decode()[:2000]}") from err
 
-    def queue(self, workflow: dict) -> str:
-        return self.post("/prompt", {"prompt": workflow, "client_id": "tests"})["prompt_id"]
+    def queue(self, workflow: dict, client_id: str = "tests") -> str:
+        return self.post("/prompt", {"prompt": workflow, "client_id": client_id})["prompt_id"]
+
+    def refusal(self, workflow: dict) -> dict:
+        """The error body of a POST /prompt that ComfyUI refuses (its validation), failing if it is queued."""
+        request = urllib.request.Request(self.url + "/prompt", data=json.dumps({"prompt": workflow}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raise AssertionError(f"POST /prompt was accepted: {response.read().decode()[:500]}")
+        except urllib.error.HTTPError as err:
+            assert err.code == 400, err.code
+            return json.loads(err.read())
 
     def wait(self, prompt_id: str, timeout_s: float = 600) -> dict:
         deadline = time.monotonic() + timeout_s

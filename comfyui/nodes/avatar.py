@@ -4,6 +4,7 @@ folder → an avatar handle, preprocessed once (face track, template) and cached
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import folder_paths
 import torch
@@ -32,6 +33,22 @@ def input_videos() -> list[str]:
     folder = folder_paths.get_input_directory()
     names = [f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))]
     return [NONE, *sorted(folder_paths.filter_files_content_types(names, ["video"]))]
+
+
+def input_video(name: str) -> Path:
+    """The file a ``video`` value names, only if it is a video inside ComfyUI's input folder.
+
+    The combo's list is not enforced for an API prompt, so "../x.mp4" or "/etc/x.mp4" can arrive here; such a
+    name is refused before anything is opened, whatever exists at that path.
+    """
+    folder = Path(folder_paths.get_input_directory()).resolve()
+    path = (folder / name).resolve()
+    fix = "pick a video from the list, or upload one into ComfyUI's input folder"
+    if not path.is_relative_to(folder) or path == folder:
+        raise host.NodeError(NODE, f"video {name!r} is outside ComfyUI's input folder", fix)
+    if not path.is_file() or not folder_paths.filter_files_content_types([path.name], ["video"]):
+        raise host.NodeError(NODE, f"no video {name!r} in ComfyUI's input folder", fix)
+    return path
 
 
 def preprocess(label: str, source: str) -> AvatarHandle:
@@ -86,9 +103,14 @@ class TalkingHeadAvatar:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, saved_avatar: str, video: str) -> bool | str:
-        if video != NONE and not folder_paths.exists_annotated_filepath(video):
-            return f"{NODE}: no video {video!r} in ComfyUI's input folder. Fix: upload it, or pick another"
+    def VALIDATE_INPUTS(cls, video: str) -> bool | str:
+        """Only ``video`` is checked here (ComfyUI then skips its list check for it, so uploads made after the
+        page loaded still validate); ``saved_avatar`` keeps ComfyUI's own check against the list."""
+        if video != NONE:
+            try:
+                input_video(video)
+            except host.NodeError as err:
+                return str(err)
         return True
 
     def load(self, saved_avatar: str, video: str, fps: float, image: torch.Tensor | None = None
@@ -96,7 +118,9 @@ class TalkingHeadAvatar:
         if image is not None:
             return (from_image(image, fps),)
         if video != NONE:
-            return (preprocess(video, folder_paths.get_annotated_filepath(video)),)
+            return (preprocess(video, str(input_video(video))),)
         if saved_avatar != NONE:
+            if saved_avatar not in saved_avatars():
+                raise host.NodeError(NODE, f"no saved avatar {saved_avatar!r}", "pick one from the list")
             return (preprocess(saved_avatar, saved_avatar),)
         raise host.NodeError(NODE, "no face given", "pick a saved avatar, a video, or connect an IMAGE")

@@ -9,27 +9,57 @@ import comfy.model_management
 import comfy.utils
 import requests
 from comfy_api.input_impl import VideoFromFile
+from requests.auth import AuthBase
+
+from bridge.auth import mint_token
+from bridge.keys import parse_api_key
+from bridge.settings import BridgeSettings
 
 from .. import convert, host
 
 NODE = "Talking Head (remote)"
 POLL_S = 2.0
 TIMEOUT_S = 900.0
+SUB = "comfyui"
+"""Who the tokens name: with the key's id, the owner of the jobs this node submits."""
+SCOPES = ["jobs:read", "jobs:write"]
+KEY_FIX = "paste a valid bridge API key (thk_…; create one with `python -m bridge keys create` on the bridge)"
+
+
+class _TokenAuth(AuthBase):
+    """A fresh single-use token on every request: the bridge refuses the API key itself and a replayed token,
+    and the key never leaves this process."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+        fields = BridgeSettings.model_fields
+        self.audience, self.issuer = fields["jwt_audience"].default, fields["jwt_issuer"].default
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        token = mint_token(self.api_key, SUB, SCOPES, self.audience, self.issuer)
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
 
 
 def _fail(problem: str, fix: str) -> host.NodeError:
     return host.NodeError(NODE, problem, fix)
 
 
+def _detail(response: requests.Response) -> str:
+    """The bridge's problem document (RFC 9457) says what was wrong in ``detail``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    return str(body.get("detail") or body.get("title") or body)[:300] if isinstance(body, dict) else str(body)[:300]
+
+
 def _check(response: requests.Response, doing: str) -> dict:
     if response.status_code in (401, 403):
-        raise _fail(f"the bridge refused the API key while {doing}", "paste a valid key (python -m bridge token)")
+        raise _fail(f"the bridge refused the API key while {doing} ({_detail(response)})", KEY_FIX)
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("error", {}).get("message") or response.text[:300]
-        except ValueError:
-            detail = response.text[:300]
-        raise _fail(f"the bridge answered {response.status_code} while {doing}: {detail}", "check the inputs")
+        raise _fail(f"the bridge answered {response.status_code} while {doing}: {_detail(response)}",
+                    "check the inputs")
     return response.json()
 
 
@@ -60,11 +90,13 @@ class TalkingHeadRemote:
 
     def render(self, bridge_url: str, api_key: str, avatar_id: str, text: str, language: str, voice: str,
                resolution: str, audio: dict | None = None, unique_id: str | None = None) -> tuple:
-        if not api_key.strip():
-            raise _fail("no API key", "paste a bridge API key into api_key")
+        try:
+            parse_api_key(api_key.strip())
+        except ValueError as err:
+            raise _fail(f"api_key is not a bridge API key: {err}", KEY_FIX) from None
         base = bridge_url.rstrip("/")
         session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {api_key.strip()}"
+        session.auth = _TokenAuth(api_key.strip())
         fields = {"avatar_id": avatar_id, "resolution": resolution}
         try:
             if audio is not None:

@@ -73,9 +73,12 @@ class TalkingHeadRender:
             result = host.engine().render(request, progress=host.progress(unique_id))
         except EngineError as err:
             raise host.explain(NODE, err) from err
-        video = result.video
+        video, poster = result.video, result.poster
         if logo is not None:
             logo_png = convert.write_png(convert.to_bgr(logo)[0], host.fresh_path(".png"))
-            video = media.overlay_logo(video, logo_png, logo_corner, logo_scale, host.fresh_path(".mp4"))
-        pictures = media.read_frames(video) if frames == "all" else [media.read_image(result.poster)]
+            frame_width = media.read_image(poster).shape[1]
+            size = media.logo_size((int(logo.shape[1]), int(logo.shape[2])), frame_width, logo_scale)
+            video = media.overlay_logo(video, logo_png, logo_corner, size, host.fresh_path(".mp4"))
+            poster = media.overlay_logo_image(poster, logo_png, logo_corner, size, host.fresh_path(".png"))
+        pictures = media.read_frames(video) if frames == "all" else [media.read_image(poster)]
         return (VideoFromFile(str(video)), convert.from_rgb(pictures))
