@@ -68,6 +68,7 @@ bench: setup
 	$(PY) tests/bench/bridge_bench.py 2>/dev/null
 	$(PY) tests/bench/edge_bench.py 2>/dev/null
 	$(PY) tests/bench/intake_bench.py 2>/dev/null
+	$(PY) tests/bench/up_bench.py
 	$(PLUGIN_VENV)/bin/python tests/bench/plugin_handover_bench.py
 
 # Renders the fixed hard cases (tests/quality/) and writes the mouth's contact sheets, report.md and report.json

@@ -9,12 +9,10 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import threading
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import librosa
 import numpy as np
 from scipy import signal
 
@@ -113,6 +111,8 @@ def _read_all(stream: IO[bytes]) -> np.ndarray:
 def resample(samples: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
     if sr_from == sr_to:
         return samples.astype(np.float32, copy=False)
+    import librosa  # imported where used: the API image has no librosa, and it imports this module's write_wav
+
     return librosa.resample(samples.astype(np.float32), orig_sr=sr_from, target_sr=sr_to).astype(np.float32)
 
 
@@ -124,16 +124,6 @@ def pad(samples: np.ndarray, sample_rate: int, lead_in_s: float, total_s: float)
     if len(body) >= total:
         return body[:total]
     return np.concatenate([body, np.zeros(total - len(body), np.float32)])
-
-
-def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm.tobytes())
-    return path
 
 
 def _frame_rms(samples: np.ndarray, sr: int, fps: float, n_frames: int, win_s: float) -> np.ndarray:
@@ -189,6 +179,8 @@ def wav2lip_mel(samples: np.ndarray, sr: int) -> np.ndarray:
     """(80, T) log-mel at 80 frames/s, normalised to ±4 exactly as Wav2Lip's ``audio.py`` does."""
     wav = resample(samples, sr, WAV2LIP_SR)
     emphasised = signal.lfilter([1.0, -0.97], [1.0], wav)
+    import librosa
+
     spec = np.abs(librosa.stft(y=emphasised, n_fft=800, hop_length=200, win_length=800))
     basis = librosa.filters.mel(sr=WAV2LIP_SR, n_fft=800, n_mels=80, fmin=55, fmax=7600)
     mel_db = 20 * np.log10(np.maximum(1e-5, basis @ spec)) - 20

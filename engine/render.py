@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import links, subtitles
-from .audio import decode_audio, pad, write_wav
+from .audio import decode_audio, pad
 from .avatars import AvatarStore
 from .errors import EngineError, InvalidText, MediaTooLong, UnknownVoice, UnsupportedMedia
 from .language_id import language_name
@@ -30,6 +30,7 @@ from .tts import get_backend as get_tts
 from .tts.base import Speech, SynthesisRequest, TTSBackend
 from .tts.languages import speaks
 from .video import Background, BurnIn, VideoWriter, even_size
+from .wav import write_wav
 
 Resolution = Literal["source", "720p", "1080p"]
 _HEIGHTS = {"source": None, "720p": 720, "1080p": 1080}

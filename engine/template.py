@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .animate import LivingPhoto
-from .audio import write_wav
 from .face.base import FaceTrack
 from .frames import Region
 from .prefetch import prefetch
 from .video import VideoWriter, read_frames
+from .wav import write_wav
 
 SILENCE_RATE = 16000
 

@@ -19,6 +19,9 @@ from engine import EngineSettings
 from tests.bridge_fixtures import free_port
 from tests.conftest import REPO, ffprobe
 
+# A deadline for a hung start, far above the 10 s that `make bench` holds it to.
+READY_DEADLINE_S = 120.0
+
 
 def stack_env(tmp_path: Path, settings: EngineSettings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "ENGINE_"))}
@@ -33,24 +36,25 @@ def port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_up_is_ready_within_ten_seconds_and_ctrl_c_stops_everything(tmp_path: Path,
-                                                                      settings: EngineSettings) -> None:
+def test_up_gets_ready_says_where_and_ctrl_c_stops_everything(tmp_path: Path, settings: EngineSettings) -> None:
+    """How fast it gets ready is measured by `make bench` (tests/bench/up_bench.py, target 10 s); here it
+    only has to get there, on however busy a machine, and stop cleanly."""
     env = stack_env(tmp_path, settings)
     api_port, redis_port = int(env["BRIDGE_PORT"]), int(env["BRIDGE_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
     started = time.monotonic()
     stack = subprocess.Popen([sys.executable, "-m", "bridge", "up"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        ready_after = None
-        while time.monotonic() - started < 10:
+        ready = False
+        while not ready and time.monotonic() - started < READY_DEADLINE_S and stack.poll() is None:
             try:
-                if requests.get(f"http://127.0.0.1:{api_port}/readyz", timeout=1).status_code == 200:
-                    ready_after = time.monotonic() - started
-                    break
+                ready = requests.get(f"http://127.0.0.1:{api_port}/readyz", timeout=1).status_code == 200
             except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        assert ready_after is not None, "the embedded bridge was not ready within 10 s"
+                ready = False
+            if not ready:
+                time.sleep(0.2)
+        assert stack.poll() is None, "bridge up exited before it was ready"
+        assert ready, f"the embedded bridge was not ready within {READY_DEADLINE_S:g} s"
         assert port_open(redis_port), "up must start its own Redis"
         assert stack.stdout is not None
         readable, _, _ = select.select([stack.stdout], [], [], 10)

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import requests
 
-from engine.audio import write_wav
 from engine.errors import BackendFailed, BackendStalled, BackendUnavailable
 from engine.face.base import FaceTrack
 from engine.frames import to_bgr
@@ -34,6 +33,7 @@ from engine.lipsync.heygem_health import heygem_state
 from engine.settings import EngineSettings
 from engine.template import Template
 from engine.tts.base import Speech
+from engine.wav import write_wav
 from tests.standins.heygem_video import HeyGemVideoStandIn
 
 W, H, FPS, N = 320, 240, 25.0, 25

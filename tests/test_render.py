@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from engine import Engine, EngineSettings, RenderRequest
-from engine.audio import write_wav
 from engine.evaluate import evaluate
 from engine.tts import get_backend
 from engine.tts.base import SynthesisRequest
 from engine.video import read_frames
+from engine.wav import write_wav
 from tests.conftest import REPO, ffmpeg, ffprobe, top_level_boxes
 
 EN = "Hello! Welcome to the course. Today we learn how a single line of text becomes a video."

@@ -18,7 +18,6 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ..audio import resample
 from ..errors import BackendFailed, BackendUnavailable
 from ..settings import EngineSettings
 
@@ -100,6 +99,10 @@ class SharedFolder:
 
         pcm = np.frombuffer(raw, f"<i{width}").astype(np.float32) / float(2 ** (8 * width - 1))
         mono = pcm.reshape(-1, channels).mean(axis=1)
+        # Imported here: /readyz imports this module for the folder check, and engine.audio brings
+        # scipy.signal (about 1 s) into the API for nothing.
+        from ..audio import resample
+
         samples = resample(mono, src_rate, rate)
         dst = self.path / name
         tmp = dst.with_name(f".{name}.partial")
