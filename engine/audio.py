@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import librosa
 import numpy as np
 from scipy import signal
 
@@ -111,8 +112,6 @@ def _read_all(stream: IO[bytes]) -> np.ndarray:
 def resample(samples: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
     if sr_from == sr_to:
         return samples.astype(np.float32, copy=False)
-    import librosa  # imported where used: the API image has no librosa, and it imports this module's write_wav
-
     return librosa.resample(samples.astype(np.float32), orig_sr=sr_from, target_sr=sr_to).astype(np.float32)
 
 
@@ -179,8 +178,6 @@ def wav2lip_mel(samples: np.ndarray, sr: int) -> np.ndarray:
     """(80, T) log-mel at 80 frames/s, normalised to ±4 exactly as Wav2Lip's ``audio.py`` does."""
     wav = resample(samples, sr, WAV2LIP_SR)
     emphasised = signal.lfilter([1.0, -0.97], [1.0], wav)
-    import librosa
-
     spec = np.abs(librosa.stft(y=emphasised, n_fft=800, hop_length=200, win_length=800))
     basis = librosa.filters.mel(sr=WAV2LIP_SR, n_fft=800, n_mels=80, fmin=55, fmax=7600)
     mel_db = 20 * np.log10(np.maximum(1e-5, basis @ spec)) - 20

@@ -44,8 +44,8 @@ def _load(models_dir: Path) -> Any:
         return _model
 
 
-def canonical_crop(frame_bgr: np.ndarray, box: Box) -> tuple[np.ndarray, float]:
-    """An RGB crop centred on ``box`` with the box scaled to ``_CANON_FACE_PX``, and that scale."""
+def canonical_crop(frame_bgr: np.ndarray, box: Box) -> np.ndarray:
+    """An RGB crop centred on ``box`` with the box scaled to ``_CANON_FACE_PX``."""
     side = max(box.width, box.height, 1.0)
     scale = _CANON_FACE_PX / side
     cx, cy = (box.left + box.right) / 2, (box.top + box.bottom) / 2
@@ -54,7 +54,7 @@ def canonical_crop(frame_bgr: np.ndarray, box: Box) -> tuple[np.ndarray, float]:
     crop = cv2.warpAffine(frame_bgr, matrix, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
     crop = cv2.cvtColor(crop, cv2.COLOR_GRAY2RGB if crop.ndim == 2 else cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(crop), scale
+    return np.ascontiguousarray(crop)
 
 
 class CnnVerifier:
@@ -64,7 +64,7 @@ class CnnVerifier:
         self._model = _load(models_dir)
 
     def is_face(self, frame_bgr: np.ndarray, box: Box) -> bool:
-        crop, _ = canonical_crop(frame_bgr, box)
+        crop = canonical_crop(frame_bgr, box)
         with _run_lock:
             found = self._model(crop, 0)
         centre = Box(_CANON_FACE_PX / 2, _CANON_FACE_PX / 2, 1.5 * _CANON_FACE_PX, 1.5 * _CANON_FACE_PX)
